@@ -1,0 +1,41 @@
+# SwiftDiffusion developer entry points. Every install step lives here or in
+# scripts/, so a fresh machine needs nothing but this repository.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv protos demo test testbed cluster-up cluster-down clean
+
+venv: $(STAMP) protos
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+testbed:
+	scripts/testbed build
+
+cluster-up: testbed
+	scripts/testbed up
+
+cluster-down:
+	scripts/testbed down
+
+demo: venv
+	$(PY) -m swiftdiffusion.runtime.demo
+
+test: venv testbed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""The kopf operator that reconciles T2IWorkflow resources into GPU-pinned pools."""

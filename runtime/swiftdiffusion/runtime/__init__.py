@@ -1,0 +1,1 @@
+"""The serving runtime: base-model service, ControlNet service, LoRA loading, latent parallelism."""
