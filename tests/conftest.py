@@ -1,7 +1,10 @@
-"""Shared pytest configuration: fixtures live in plugin modules beside the tests."""
+"""Shared pytest configuration. Fixtures live in plugin modules, registered here."""
 import os
 
 import torch
 
 # Two cores in CI: torch-heavy tests run in one worker with a deliberate thread count.
 torch.set_num_threads(int(os.environ.get("SWIFTDIFFUSION_TEST_THREADS", "1")))
+
+# Each line registers one fixture module (tests.<folder>.fixtures).
+pytest_plugins: list[str] = []

@@ -1,0 +1,1 @@
+"""SwiftDiffusion test suite."""
