@@ -16,7 +16,7 @@ venv: $(STAMP) protos
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[runtime,test]'
 	touch $@
 
 protos: $(STAMP)
