@@ -9,4 +9,5 @@ torch.set_num_threads(int(os.environ.get("SWIFTDIFFUSION_TEST_THREADS", "1")))
 # Each line registers one fixture module (tests.<folder>.fixtures).
 pytest_plugins: list[str] = [
     "tests.runtime.fixtures",
+    "tests.testbed.fixtures",
 ]

@@ -1,0 +1,1 @@
+"""Smoke tests proving the Kubernetes test bed is a real control plane."""

@@ -1,0 +1,50 @@
+"""A minimal JSON client for the apiserver, enough to probe health and register nodes
+without the kubernetes package (the test bed runs on the system Python)."""
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    server: str
+    ca: Path
+    cert: Path
+    key: Path
+
+    def _context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.cert), str(self.key))
+        return context
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.server + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, context=self._context(), timeout=timeout) as response:
+            payload = response.read()
+        return json.loads(payload) if payload.startswith(b"{") else payload.decode()
+
+    def ready(self) -> bool:
+        """True when /readyz answers ok, i.e. etcd is reachable and post-start hooks ran."""
+        try:
+            return self.request("GET", "/readyz", timeout=3) == "ok"
+        except (OSError, urllib.error.URLError, ssl.SSLError):
+            return False
+
+    def create_or_replace(self, collection: str, body: dict[str, Any]) -> None:
+        """POSTs `body`; when it already exists, deletes and recreates it (nodes only have spec)."""
+        try:
+            self.request("POST", collection, body)
+        except urllib.error.HTTPError as error:
+            if error.code != 409:
+                raise
+            self.request("DELETE", f"{collection}/{body['metadata']['name']}")
+            self.request("POST", collection, body)

@@ -1,0 +1,109 @@
+"""Starting and stopping the test bed's daemons, each in its own process group with
+its pid recorded in the state directory, so `down` finds them from any process."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct loopback ports free right now (held open together so none repeats)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start(name: str, argv: list[str], state: Path, *, tied_to_parent: bool, env: dict[str, str] | None = None) -> int:
+    """Starts `argv` detached in a new session, logging to `<state>/logs/<name>.log`.
+
+    `tied_to_parent` makes the kernel kill it if the starting process dies, so a test
+    session killed with SIGKILL leaves nothing behind; the CLI's `up` leaves it off.
+    """
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if tied_to_parent else None,
+            env=env,
+        )
+    pids = state / "pids"
+    pids.mkdir(exist_ok=True)
+    (pids / name).write_text(f"{process.pid} {argv[0]}\n")
+    return process.pid
+
+
+def _alive_as(pid: int, executable: str) -> bool:
+    """True while `pid` runs `executable` (guards against a recycled pid)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == executable
+    except OSError:
+        return False
+
+
+def recorded(state: Path) -> dict[str, tuple[int, str]]:
+    pids = state / "pids"
+    if not pids.is_dir():
+        return {}
+    entries = {}
+    for record in pids.iterdir():
+        pid, executable = record.read_text().split(maxsplit=1)
+        entries[record.name] = (int(pid), executable.strip())
+    return entries
+
+
+def running(state: Path) -> dict[str, bool]:
+    return {name: _alive_as(pid, exe) for name, (pid, exe) in recorded(state).items()}
+
+
+def _reap(pid: int) -> None:
+    """Collects the exit status when we are the parent, so no zombie holds the pid."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop_all(state: Path, order: list[str], grace: float = 10.0) -> None:
+    """SIGTERMs each recorded process group in `order`, SIGKILLs what outlives `grace`."""
+    entries = recorded(state)
+    names = [n for n in order if n in entries] + [n for n in entries if n not in order]
+    for name in names:
+        pid, executable = entries[name]
+        if _alive_as(pid, executable):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not _alive_as(pid, executable):
+                break
+            time.sleep(0.05)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive_as(pid, executable):
+                _reap(pid)
+                time.sleep(0.05)
+        (state / "pids" / name).unlink()
