@@ -1,0 +1,156 @@
+"""Controller logic: make the cluster match a workflow (or a shared pool), then report status.
+
+Level-based and idempotent: every call reads the current state, applies only the
+children whose live state no longer contains the rendered manifest, and writes status
+only when it changed. Running it any number of times, from any state, converges.
+Runs in worker threads (the kubernetes client is synchronous).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from swiftdiffusion.operator import drift, kube, render
+from swiftdiffusion.operator import model as m
+from swiftdiffusion.operator.status import PoolObservation, compute_status
+
+log = logging.getLogger(__name__)
+
+WORKFLOW, SHARED_POOL = "workflow", "shared-pool"
+Key = tuple[str, str, str]  # (WORKFLOW | SHARED_POOL, namespace, name)
+PERMANENT_RETRY_SECONDS = 300.0
+
+
+class ReconcileError(Exception):
+    """A failed reconcile; `transient` ones are retried with backoff, others rarely."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _is_transient(error: Exception) -> bool:
+    if isinstance(error, ApiException):
+        return error.status in (0, 409, 429) or error.status >= 500
+    return isinstance(error, HTTPError | OSError)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ApiException):
+        return f"{error.status} {error.reason}: {(error.body or '')[:500]}"
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class Controller:
+    api: ApiClient
+
+    def reconcile(self, key: Key) -> list[Key]:
+        """Reconciles one object; returns further keys to reconcile."""
+        kind, namespace, name = key
+        try:
+            if kind == WORKFLOW:
+                return self.reconcile_workflow(namespace, name)
+            return self.reconcile_shared_pool(namespace, name)
+        except (ApiException, HTTPError, OSError) as error:
+            raise ReconcileError(_describe(error), transient=_is_transient(error)) from error
+
+    def ensure(self, manifest: render.Manifest) -> bool:
+        """Applies `manifest` unless the live object already holds all of it; True if it wrote."""
+        meta = manifest["metadata"]
+        live = kube.get(self.api, manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        if live is not None and drift.contains(manifest, live):
+            return False
+        kube.apply(self.api, manifest)
+        return True
+
+    def _ensure_all(self, manifests: list[render.Manifest]) -> list[str]:
+        return [f"{mf['kind']}/{mf['metadata']['name']}" for mf in manifests if self.ensure(mf)]
+
+    def _deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return kube.get(self.api, "apps/v1", "Deployment", namespace, name)
+
+    def _observe(self, wf: m.Workflow) -> list[PoolObservation]:
+        ns = wf.namespace
+        base = render.base_pool_name(wf.name)
+        pools = [PoolObservation("base", base, render.endpoint(base, ns), self._deployment(ns, base))]
+        if cn := render.controlnet_pool_name(wf):
+            shared = self._deployment(ns, cn) if wf.shared_pool else None
+            served = _served_controlnets(shared) if shared else tuple(c.name for c in wf.spec.controlnets)
+            pools.append(PoolObservation("controlnet", cn, render.endpoint(cn, ns), self._deployment(ns, cn),
+                                         shared=bool(wf.shared_pool), controlnets=served))
+        return pools
+
+    def reconcile_workflow(self, namespace: str, name: str) -> list[Key]:
+        body = kube.get(self.api, f"{m.GROUP}/{m.VERSION}", m.KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return []  # owner references let the garbage collector remove the children
+        previous = body.get("status") or {}
+        try:
+            wf = m.Workflow.from_body(body)
+        except pydantic.ValidationError as error:  # the CRD schema should make this unreachable
+            self._report(body, previous, [], f"spec does not match the operator's model: {error}")
+            raise ReconcileError(str(error), transient=False) from error
+        try:
+            applied = self._ensure_all(render.render_workflow(wf))
+        except ApiException as error:
+            if _is_transient(error):
+                raise
+            self._report(body, previous, self._observe(wf), f"applying children failed: {_describe(error)}")
+            raise ReconcileError(_describe(error), transient=False) from error
+        if applied:
+            log.info("%s/%s: applied %s", namespace, name, ", ".join(applied))
+            kube.post_event(self.api, body, reason="Applied", message="applied " + ", ".join(applied))
+        self._report(body, previous, self._observe(wf), None)
+        return [(SHARED_POOL, namespace, wf.shared_pool)] if wf.shared_pool else []
+
+    def _report(self, body: dict[str, Any], previous: dict[str, Any], pools: list[PoolObservation],
+                error: str | None) -> None:
+        """Writes status (and a warning event for a new error) only when something changed."""
+        meta = body["metadata"]
+        status = compute_status(meta.get("generation", 1), pools, previous, error)
+        if status == previous:
+            return
+        if error and _ready_message(previous) != error:
+            kube.post_event(self.api, body, reason="ReconcileFailed", message=error, warning=True)
+        dropped = {key: None for key in previous.keys() - status.keys()}  # e.g. a pool that went away
+        kube.patch_status(self.api, meta["namespace"], meta["name"], {**status, **dropped})
+
+    def reconcile_shared_pool(self, namespace: str, pool: str) -> list[Key]:
+        """Applies the shared ControlNet pool for the workflows that currently name it."""
+        bodies = [b for b in kube.list_workflows(self.api, namespace) if not b["metadata"].get("deletionTimestamp")]
+        members = []
+        for body in bodies:
+            try:
+                wf = m.Workflow.from_body(body)
+            except pydantic.ValidationError:
+                continue  # reported by that workflow's own reconcile
+            if wf.shared_pool == pool:
+                members.append(wf)
+        if not members:
+            return []  # the garbage collector removes the pool with its last owner
+        applied = self._ensure_all(render.render_shared_pool(pool, members))
+        if applied:
+            leader = render.oldest_first(members)[0]
+            leader_body = next(b for b in bodies if b["metadata"]["uid"] == leader.uid)
+            log.info("%s: shared pool %s applied %s", namespace, pool, ", ".join(applied))
+            kube.post_event(self.api, leader_body, reason="SharedPoolApplied",
+                            message=f"shared ControlNet pool {pool} for {len(members)} workflows: "
+                                    + ", ".join(applied))
+        return []
+
+
+def _served_controlnets(deployment: dict[str, Any]) -> tuple[str, ...]:
+    """ControlNet names a shared pool serves, as recorded on its Deployment."""
+    names = deployment["metadata"].get("annotations", {}).get(render.SERVED_CONTROLNETS, "")
+    return tuple(n for n in names.split(",") if n)
+
+
+def _ready_message(status: dict[str, Any]) -> str | None:
+    return next((c.get("message") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)

@@ -1,0 +1,318 @@
+"""The T2IWorkflow CustomResourceDefinition: the one source of truth for crds/t2iworkflows.yaml.
+
+Validation lives in the schema (OpenAPI types, enums, bounds, list-map keys and CEL
+rules), so a bad workflow is refused by the API server with a message naming the field,
+before the operator ever sees it. Defaults live here too, so `kubectl get -o yaml` shows
+what will run. Every CEL rule's `fieldPath` points at the offending field.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from swiftdiffusion.operator import model as m
+
+Schema = dict[str, Any]
+DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME = 50  # leaves room for the "swd-" prefix and pool suffixes within 63 characters
+
+
+def _string(description: str, **extra: Any) -> Schema:
+    return {"type": "string", "description": description, "maxLength": 512, **extra}
+
+
+def _int(description: str, **extra: Any) -> Schema:
+    return {"type": "integer", "description": description, **extra}
+
+
+def _number(description: str, **extra: Any) -> Schema:
+    return {"type": "number", "description": description, **extra}
+
+
+def _enum(description: str, enum: type, default: str) -> Schema:
+    return {"type": "string", "description": description, "enum": [e.value for e in enum], "default": str(default)}
+
+
+def _object(description: str, properties: dict[str, Schema], *, required: list[str] | None = None,
+            rules: list[Schema] | None = None, default: bool = True) -> Schema:
+    """An object; `default: {}` makes the API server fill its nested defaults when it is omitted."""
+    schema: Schema = {"type": "object", "description": description, "properties": properties}
+    if required:
+        schema["required"] = required
+    if rules:
+        schema["x-kubernetes-validations"] = rules
+    if default and not required:
+        schema["default"] = {}
+    return schema
+
+
+def _map_list(description: str, item: Schema, max_items: int) -> Schema:
+    """A list keyed by `name`: the API server itself refuses duplicate names."""
+    return {
+        "type": "array", "description": description, "items": item, "default": [], "maxItems": max_items,
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+    }
+
+
+def _rule(rule: str, message: str, field_path: str | None = None) -> Schema:
+    out: Schema = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+def _string_map(description: str) -> Schema:
+    return {"type": "object", "description": description, "default": {}, "maxProperties": 64,
+            "additionalProperties": {"type": "string", "maxLength": 1024}}
+
+
+def _quantities(description: str) -> Schema:
+    return {"type": "object", "description": description, "default": {}, "maxProperties": 32,
+            "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}],
+                                     "x-kubernetes-int-or-string": True,
+                                     "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"}}
+
+
+def _model_store() -> Schema:
+    store = m.ModelStore()
+    return _object(
+        "Where the runtime reads model weights: an image layer, a PersistentVolumeClaim or a host path.",
+        {
+            "type": _enum("Image: weights are baked into the runtime image at `path`.", m.ModelStoreType, store.type),
+            "path": _string("Directory the runtime uses as its model cache (mount path for volumes).",
+                            default=store.path, pattern="^/.*"),
+            "claimName": _string("PersistentVolumeClaim holding the models (type PersistentVolumeClaim)."),
+            "hostPath": _string("Node directory holding the models (type HostPath).", pattern="^/.*"),
+            "readOnly": {"type": "boolean", "description": "Mount the volume read-only.", "default": store.read_only},
+        },
+        rules=[
+            _rule("self.type != 'PersistentVolumeClaim' || has(self.claimName)",
+                  "spec.modelStore.claimName is required when type is PersistentVolumeClaim", ".claimName"),
+            _rule("self.type != 'HostPath' || has(self.hostPath)",
+                  "spec.modelStore.hostPath is required when type is HostPath", ".hostPath"),
+            _rule("self.type == 'PersistentVolumeClaim' || !has(self.claimName)",
+                  "spec.modelStore.claimName is only allowed when type is PersistentVolumeClaim", ".claimName"),
+            _rule("self.type == 'HostPath' || !has(self.hostPath)",
+                  "spec.modelStore.hostPath is only allowed when type is HostPath", ".hostPath"),
+        ],
+    )
+
+
+def _base() -> Schema:
+    d = m.GenerationDefaults()
+    side = {"minimum": 64, "maximum": 8192}
+    defaults = _object("Defaults for requests that leave these out.", {
+        "steps": _int("Denoising steps.", default=d.steps, minimum=1, maximum=1000),
+        "guidanceScale": _number("Classifier-free guidance scale.", default=d.guidance_scale, minimum=0),
+        "width": _int("Image width in pixels, a multiple of 8.", default=d.width, multipleOf=8, **side),
+        "height": _int("Image height in pixels, a multiple of 8.", default=d.height, multipleOf=8, **side),
+    })
+    return _object("The base diffusion model (SDXL architecture).", {
+        "model": _string("Model id or path, resolved with diffusers' from_pretrained in the model store.",
+                         minLength=1),
+        "revision": _string("Model revision.", default=m.BaseModelSpec.model_fields["revision"].default),
+        "dtype": _enum("Weight and activation dtype.", m.Dtype, m.Dtype.FLOAT16),
+        "defaults": defaults,
+    }, required=["model"])
+
+
+def _controlnets() -> Schema:
+    item = _object("A ControlNet requests may use.", {
+        "name": _string("Name requests use to select this ControlNet.", maxLength=63, pattern=DNS_LABEL),
+        "model": _string("Model id or path.", minLength=1),
+        "conditioningScale": _number("Default conditioning scale.",
+                                     default=m.ControlNetSpec.model_fields["conditioning_scale"].default, minimum=0),
+    }, required=["name", "model"])
+    return _map_list("ControlNets this workflow may use, served by its ControlNet pool.", item, 16)
+
+
+def _loras() -> Schema:
+    item = _object("A LoRA requests may use.", {
+        "name": _string("Name requests use to select this LoRA.", maxLength=63, pattern=DNS_LABEL),
+        "source": _string("Path or model id of the LoRA weights (safetensors).", minLength=1),
+        "scale": _number("Default LoRA scale.", default=m.LoraSpec.model_fields["scale"].default, minimum=0),
+        "k": _int("Bounded asynchronous loading: merge no later than after step k "
+                  "(absent: spec.serving.balDefaultK).", minimum=0),
+    }, required=["name", "source"])
+    return _map_list("LoRAs this workflow may use.", item, 64)
+
+
+def _serving() -> Schema:
+    s = m.Serving()
+    return _object("How the base pool serves requests.", {
+        "balDefaultK": _int("Default bounded-asynchronous-loading step for LoRAs without their own k.",
+                            default=s.bal_default_k, minimum=0),
+        "latentParallelism": _enum("Enabled: run the CFG branches on two GPUs of one pod.",
+                                   m.LatentParallelism, s.latent_parallelism),
+        "controlnetMode": _enum("pipelined: step t uses the residuals of step t-1 to hide transfers.",
+                                m.ControlNetMode, s.controlnet_mode),
+        "maxWidth": _int("Largest width a request may ask for.", default=s.max_width, multipleOf=8,
+                         minimum=64, maximum=8192),
+        "maxHeight": _int("Largest height a request may ask for.", default=s.max_height, multipleOf=8,
+                          minimum=64, maximum=8192),
+    })
+
+
+def _toleration() -> Schema:
+    return _object("A toleration added to the pool's pods (the GPU taint's toleration is always added).", {
+        "key": _string("Taint key."),
+        "operator": {"type": "string", "enum": ["Exists", "Equal"], "default": "Equal",
+                     "description": "Exists or Equal."},
+        "value": _string("Taint value."),
+        "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"],
+                   "description": "Taint effect (absent: all)."},
+        "tolerationSeconds": _int("How long a NoExecute taint is tolerated.", minimum=0),
+    }, default=False)
+
+
+def _pool(path: str, extra: dict[str, Schema]) -> Schema:
+    a = m.Autoscaling()
+    p = m.Pool()
+    autoscaling = _object("Autoscaling bounds and target; when enabled the autoscaler owns the replica count.", {
+        "enabled": {"type": "boolean", "description": "Let the autoscaler set replicas.", "default": a.enabled},
+        "minReplicas": _int("Fewest replicas.", default=a.min_replicas, minimum=0),
+        "maxReplicas": _int("Most replicas.", default=a.max_replicas, minimum=1),
+        "targetInFlightPerReplica": _int("In-flight requests per replica the autoscaler aims at.",
+                                         default=a.target_in_flight_per_replica, minimum=1),
+        "scaleDownStabilizationSeconds": _int("Seconds of lower load before scaling down.",
+                                              default=a.scale_down_stabilization_seconds, minimum=0),
+    }, rules=[_rule("self.minReplicas <= self.maxReplicas",
+                    f"{path}.autoscaling.minReplicas must not exceed maxReplicas", ".minReplicas")])
+    properties: dict[str, Schema] = {
+        "replicas": _int("Replica count when autoscaling is disabled.", default=p.replicas, minimum=0),
+        "autoscaling": autoscaling,
+        "gpus": _int("nvidia.com/gpu per pod.", default=p.gpus, minimum=1, maximum=8),
+        "gpuProducts": {"type": "array", "description": "Allowed values of the node label nvidia.com/gpu.product.",
+                        "items": {"type": "string", "minLength": 1, "maxLength": 128},
+                        "default": list(m.DEFAULT_GPU_PRODUCTS), "minItems": 1, "maxItems": 16,
+                        "x-kubernetes-list-type": "set"},
+        "resources": _object("CPU and memory for the runtime container (GPUs come from `gpus`).", {
+            "requests": _quantities("Resource requests."),
+            "limits": _quantities("Resource limits."),
+        }, rules=[_rule("!('nvidia.com/gpu' in self.requests) && !('nvidia.com/gpu' in self.limits)",
+                        f"{path}.resources must not set nvidia.com/gpu: use {path}.gpus")]),
+        "tolerations": {"type": "array", "description": "Extra tolerations.", "items": _toleration(),
+                        "default": [], "maxItems": 32},
+        "podLabels": _string_map("Extra labels on the pool's pods."),
+        "podAnnotations": _string_map("Extra annotations on the pool's pods."),
+        "priorityClassName": _string("PriorityClass of the pool's pods.", maxLength=253),
+        **extra,
+    }
+    return _object(f"The pool serving {path}.", properties)
+
+
+def _controlnet_pool() -> Schema:
+    return _pool("spec.controlnetPool", {
+        "sharedPoolName": _string("Join the namespace's shared ControlNet pool of this name "
+                                  "(absent: a pool dedicated to this workflow).",
+                                  maxLength=MAX_NAME, pattern=DNS_LABEL),
+        "cacheBytes": _int("Device-memory budget for resident ControlNet models (LRU).",
+                           default=m.DEFAULT_CONTROLNET_CACHE_BYTES, minimum=0, format="int64"),
+    })
+
+
+def _spec() -> Schema:
+    return _object("The desired text-to-image workflow.", {
+        "image": _string("Runtime image.", default=m.DEFAULT_IMAGE, minLength=1),
+        "imagePullPolicy": _enum("Image pull policy.", m.PullPolicy, m.PullPolicy.IF_NOT_PRESENT),
+        "modelStore": _model_store(),
+        "base": _base(),
+        "controlnets": _controlnets(),
+        "loras": _loras(),
+        "serving": _serving(),
+        "basePool": _pool("spec.basePool", {}),
+        "controlnetPool": _controlnet_pool(),
+    }, required=["base"], rules=[
+        _rule("self.loras.all(l, !has(l.k) || l.k <= self.base.defaults.steps)",
+              "spec.loras[].k must not exceed spec.base.defaults.steps", ".loras"),
+        _rule("self.serving.balDefaultK <= self.base.defaults.steps",
+              "spec.serving.balDefaultK must not exceed spec.base.defaults.steps", ".serving.balDefaultK"),
+        _rule("self.serving.latentParallelism != 'Enabled' || self.basePool.gpus % 2 == 0",
+              "spec.basePool.gpus must be even when spec.serving.latentParallelism is Enabled "
+              "(one GPU per CFG branch)", ".basePool.gpus"),
+        _rule("self.base.defaults.width <= self.serving.maxWidth",
+              "spec.base.defaults.width must not exceed spec.serving.maxWidth", ".base.defaults.width"),
+        _rule("self.base.defaults.height <= self.serving.maxHeight",
+              "spec.base.defaults.height must not exceed spec.serving.maxHeight", ".base.defaults.height"),
+        _rule("!has(self.controlnetPool.sharedPoolName) || size(self.controlnets) > 0",
+              "spec.controlnetPool.sharedPoolName needs at least one entry in spec.controlnets",
+              ".controlnetPool.sharedPoolName"),
+    ])
+
+
+def _condition() -> Schema:
+    return {"type": "object", "required": ["type", "status"], "properties": {
+        "type": {"type": "string"},
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+        "observedGeneration": {"type": "integer"},
+    }}
+
+
+def _pool_status() -> Schema:
+    return {"type": "object", "properties": {
+        "name": {"type": "string", "description": "Deployment and Service name."},
+        "endpoint": {"type": "string", "description": "host:port clients call (gRPC)."},
+        "shared": {"type": "boolean"},
+        "ready": {"type": "string", "description": "readyReplicas/desiredReplicas."},
+        "desiredReplicas": {"type": "integer"},
+        "readyReplicas": {"type": "integer"},
+        "updatedReplicas": {"type": "integer"},
+        "controlnets": {"type": "array", "items": {"type": "string"}, "description": "Models the pool serves."},
+    }}
+
+
+def _status() -> Schema:
+    return {"type": "object", "properties": {
+        "observedGeneration": {"type": "integer"},
+        "conditions": {"type": "array", "items": _condition(),
+                       "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        "basePool": _pool_status(),
+        "controlnetPool": _pool_status(),
+    }}
+
+
+PRINTER_COLUMNS = [
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Base", "type": "string", "jsonPath": ".status.basePool.ready", "description": "ready/desired"},
+    {"name": "ControlNet", "type": "string", "jsonPath": ".status.controlnetPool.ready",
+     "description": "ready/desired"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+     "priority": 1},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.base.model", "priority": 1},
+    {"name": "ControlNet-Pool", "type": "string", "jsonPath": ".status.controlnetPool.name", "priority": 1},
+    {"name": "Latent-Parallelism", "type": "string", "jsonPath": ".spec.serving.latentParallelism",
+     "priority": 1},
+]
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object, ready to apply."""
+    root = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {"spec": _spec(), "status": _status()},
+        "x-kubernetes-validations": [_rule(
+            f"size(self.metadata.name) <= {MAX_NAME} && self.metadata.name.matches('{DNS_LABEL}')",
+            f"metadata.name must be a DNS label of at most {MAX_NAME} characters "
+            "(it prefixes the pools' Service names)")],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{m.PLURAL}.{m.GROUP}"},
+        "spec": {
+            "group": m.GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": m.KIND, "listKind": f"{m.KIND}List", "plural": m.PLURAL,
+                      "singular": m.KIND.lower(), "shortNames": ["t2i", "t2iwf"], "categories": ["swiftdiffusion"]},
+            "versions": [{
+                "name": m.VERSION, "served": True, "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": root},
+            }],
+        },
+    }

@@ -1,0 +1,88 @@
+"""A few generic REST calls on the official client: get, server-side apply, status patch, events.
+
+Manifests stay plain dicts from render.py to the wire; the typed models of the
+kubernetes package would only add a conversion that can drop fields.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from typing import Any
+
+from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
+
+from swiftdiffusion.operator import model as m
+from swiftdiffusion.operator.metrics import API_WRITES
+from swiftdiffusion.operator.render import FIELD_MANAGER, Manifest
+
+PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
+           "PodDisruptionBudget": "poddisruptionbudgets", m.KIND: m.PLURAL, "Event": "events"}
+
+
+def collection_path(api_version: str, kind: str, namespace: str) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    return f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
+    return f"{collection_path(api_version, kind, namespace)}/{name}"
+
+
+def request(api: ApiClient, method: str, path: str, *, body: Any = None,
+            query: dict[str, str] | None = None, content_type: str = "application/json") -> dict[str, Any]:
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    serialized = api.param_serialize(method=method, resource_path=path, query_params=query,
+                                     header_params=headers, body=body, auth_settings=["BearerToken"])
+    response = api.call_api(*serialized)
+    response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=response.data.decode(), data=None)
+    return json.loads(response.data) if response.data else {}
+
+
+def get(api: ApiClient, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return request(api, "GET", object_path(api_version, kind, namespace, name))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def list_workflows(api: ApiClient, namespace: str) -> list[dict[str, Any]]:
+    path = collection_path(f"{m.GROUP}/{m.VERSION}", m.KIND, namespace)
+    return request(api, "GET", path)["items"]
+
+
+def apply(api: ApiClient, manifest: Manifest) -> dict[str, Any]:
+    """Server-side apply under the operator's one field manager, taking fields back from hand edits."""
+    meta = manifest["metadata"]
+    path = object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+    API_WRITES.labels(resource=PLURALS[manifest["kind"]]).inc()
+    return request(api, "PATCH", path, body=manifest, query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                   content_type="application/apply-patch+yaml")
+
+
+def patch_status(api: ApiClient, namespace: str, name: str, status: dict[str, Any]) -> None:
+    path = object_path(f"{m.GROUP}/{m.VERSION}", m.KIND, namespace, name) + "/status"
+    API_WRITES.labels(resource=f"{m.PLURAL}/status").inc()
+    request(api, "PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+
+
+def post_event(api: ApiClient, workflow: dict[str, Any], *, reason: str, message: str, warning: bool = False) -> None:
+    """A core/v1 Event on the workflow, as `kubectl describe` shows them."""
+    meta = workflow["metadata"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": f"{m.GROUP}/{m.VERSION}", "kind": m.KIND, "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
+        "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+    API_WRITES.labels(resource="events").inc()
+    request(api, "POST", collection_path("v1", "Event", meta["namespace"]), body=event)

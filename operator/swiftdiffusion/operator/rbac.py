@@ -1,0 +1,44 @@
+"""The operator's least-privilege RBAC, written once: deploy/operator/rbac.yaml and the
+Helm chart are both generated from RULES, and the cluster tests run the operator under it.
+
+Why each verb: children are applied with server-side apply (`patch`; `create` because an
+apply that creates goes through create admission) and read back (`get`) to skip applies
+that would change nothing; kopf watches (`list`, `watch`) the workflows and the children;
+status is written through its subresource; owner references with blockOwnerDeletion need
+`update` on the workflows' finalizers; events explain what the operator did.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from swiftdiffusion.operator import model as m
+
+NAME = "swiftdiffusion-operator"
+CHILD_VERBS = ["get", "list", "watch", "create", "patch"]
+
+RULES: list[dict[str, Any]] = [
+    {"apiGroups": [m.GROUP], "resources": [m.PLURAL], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [m.GROUP], "resources": [f"{m.PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [m.GROUP], "resources": [f"{m.PLURAL}/finalizers"], "verbs": ["update"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": CHILD_VERBS},
+    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+]
+
+
+def cluster_role(name: str = NAME) -> dict[str, Any]:
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name}, "rules": RULES}
+
+
+def manifests(namespace: str = "swiftdiffusion-system", name: str = NAME) -> list[dict[str, Any]]:
+    """ServiceAccount, ClusterRole and ClusterRoleBinding for an operator watching all namespaces."""
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
+        cluster_role(name),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+    ]

@@ -1,0 +1,60 @@
+"""Status from observed Deployments: conditions, per-pool replicas, endpoints, no churn."""
+from __future__ import annotations
+
+from typing import Any
+
+from swiftdiffusion.operator.status import PoolObservation, compute_status
+
+
+def _deployment(desired: int, ready: int, updated: int | None = None, generation: int = 1,
+                observed: int = 1, replicas: int | None = None) -> dict[str, Any]:
+    return {"metadata": {"generation": generation}, "spec": {"replicas": desired},
+            "status": {"observedGeneration": observed, "readyReplicas": ready,
+                       "updatedReplicas": ready if updated is None else updated,
+                       "replicas": desired if replicas is None else replicas}}
+
+
+def _pools(base: dict[str, Any] | None, cn: dict[str, Any] | None) -> list[PoolObservation]:
+    return [PoolObservation("base", "swd-wf-base", "swd-wf-base.ns.svc:50051", base),
+            PoolObservation("controlnet", "swd-cn-p", "swd-cn-p.ns.svc:50051", cn, shared=True,
+                            controlnets=("canny",))]
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_all_pools_rolled_out_is_ready_with_endpoints_and_counts() -> None:
+    status = compute_status(3, _pools(_deployment(2, 2), _deployment(1, 1)), {}, timestamp="t0")
+    conditions = _conditions(status)
+    assert conditions["Ready"]["status"] == "True" and conditions["Ready"]["observedGeneration"] == 3
+    assert conditions["Progressing"]["status"] == "False" and conditions["Degraded"]["status"] == "False"
+    assert status["observedGeneration"] == 3
+    assert status["basePool"] == {"name": "swd-wf-base", "endpoint": "swd-wf-base.ns.svc:50051", "shared": False,
+                                  "ready": "2/2", "desiredReplicas": 2, "readyReplicas": 2, "updatedReplicas": 2}
+    assert status["controlnetPool"]["controlnets"] == ["canny"] and status["controlnetPool"]["shared"] is True
+
+
+def test_missing_or_rolling_pool_is_progressing_not_ready() -> None:
+    for base in (None, _deployment(2, 1), _deployment(2, 2, updated=1, replicas=3), _deployment(2, 2, 2, 2, 1)):
+        conditions = _conditions(compute_status(1, _pools(base, _deployment(1, 1)), {}, timestamp="t0"))
+        assert conditions["Ready"]["status"] == "False", base
+        assert conditions["Ready"]["reason"] == "PoolsNotReady"
+        assert conditions["Progressing"]["status"] == "True"
+
+
+def test_reconcile_error_is_degraded_with_its_message() -> None:
+    conditions = _conditions(compute_status(1, _pools(_deployment(1, 1), _deployment(1, 1)), {},
+                                            error="422 Unprocessable", timestamp="t0"))
+    assert conditions["Ready"]["reason"] == "ReconcileFailed"
+    assert conditions["Degraded"]["status"] == "True" and conditions["Degraded"]["message"] == "422 Unprocessable"
+
+
+def test_unchanged_world_gives_identical_status_and_transitions_keep_their_time() -> None:
+    pools = _pools(_deployment(1, 1), _deployment(1, 1))
+    first = compute_status(1, pools, {}, timestamp="t0")
+    assert compute_status(1, pools, first, timestamp="t1") == first
+    rolling = compute_status(1, _pools(_deployment(1, 0), _deployment(1, 1)), first, timestamp="t2")
+    conditions = _conditions(rolling)
+    assert conditions["Ready"]["lastTransitionTime"] == "t2"
+    assert conditions["Degraded"]["lastTransitionTime"] == "t0"
