@@ -26,3 +26,30 @@ def cached_model_set(size: str, controlnets: tuple[str, ...] = ("canny", "depth"
 def tiny_model_set() -> Path:
     """The tiny SDXL-architecture set (base + canny, depth, pose ControlNets)."""
     return cached_model_set("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tiny_model_set: Path):
+    from swiftdiffusion.runtime.base_model import BaseModel
+
+    return BaseModel.load(tiny_model_set / "base", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_engine(tiny_model_set: Path):
+    """An in-process ControlNet engine over the tiny set's ControlNets."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
+    from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
+    from swiftdiffusion.runtime.metrics import RuntimeMetrics
+
+    folder = tiny_model_set / "controlnets"
+    cache = ControlNetCache(
+        [p.name for p in folder.iterdir()],
+        lambda name: ControlNetModel.from_pretrained(folder / name),
+        budget_bytes=1 << 30,
+        metrics=RuntimeMetrics("controlnet"),
+    )
+    return ControlNetEngine(cache, torch.device("cpu"), torch.float32)

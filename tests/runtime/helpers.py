@@ -1,0 +1,62 @@
+"""Shared test helpers: control images and diffusers reference runs on the tiny model set."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    ControlNetModel,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLPipeline,
+)
+from PIL import Image, ImageDraw
+
+from swiftdiffusion.runtime.control_image import encode_png
+from swiftdiffusion.runtime.requests import GenerateParams
+from swiftdiffusion.runtime.residual_source import ControlNetUse
+
+NAMES = ("canny", "depth", "pose")
+SCALES = (0.8, 0.5, 1.1)
+
+
+def control_image(size: int, variant: int = 0) -> Image.Image:
+    """A deterministic synthetic control image (white shapes on black)."""
+    image = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(image)
+    inset = size // (4 + variant)
+    draw.rectangle([inset, inset, size - inset, size - inset // 2], outline="white", width=2)
+    draw.ellipse([size // 3, size // 4, size - size // 5, size - size // 3], outline=(200, 255, 90), width=2)
+    return image
+
+
+def params_with(count: int, size: int = 64, steps: int = 3, seed: int = 7, guidance: float = 5.0) -> GenerateParams:
+    uses = tuple(ControlNetUse(NAMES[i], encode_png(control_image(size, i)), SCALES[i]) for i in range(count))
+    return GenerateParams(
+        prompt="a red cube on a table", negative_prompt="", seed=seed, steps=steps,
+        guidance_scale=guidance, width=size, height=size, controlnets=uses,
+    )
+
+
+def diffusers_reference(model_set: Path, params: GenerateParams, output_type: str = "latent") -> np.ndarray:
+    """The same request run by diffusers' own SDXL (ControlNet) pipeline."""
+    base = model_set / "base"
+    kwargs = dict(
+        prompt=params.prompt, num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
+        width=params.width, height=params.height, output_type=output_type,
+        generator=torch.Generator().manual_seed(params.seed),
+    )
+    if not params.controlnets:
+        pipe = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True)
+    else:
+        nets = [ControlNetModel.from_pretrained(model_set / "controlnets" / u.name) for u in params.controlnets]
+        images = [control_image(params.width, NAMES.index(u.name)) for u in params.controlnets]
+        scales = [u.conditioning_scale for u in params.controlnets]
+        single = len(nets) == 1
+        pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
+            base, controlnet=nets[0] if single else nets, local_files_only=True
+        )
+        kwargs.update(image=images[0] if single else images, controlnet_conditioning_scale=scales[0] if single else scales)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(**kwargs).images
+    return out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
