@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv protos demo test testbed cluster-up cluster-down clean
+.PHONY: venv protos crds demo test testbed cluster-up cluster-down clean
 
 venv: $(STAMP) protos
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[runtime,test]'
 	touch $@
+
+crds: $(STAMP)
+	$(PY) -m swiftdiffusion.operator.generate
 
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py

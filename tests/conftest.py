@@ -9,5 +9,7 @@ torch.set_num_threads(int(os.environ.get("SWIFTDIFFUSION_TEST_THREADS", "1")))
 # Each line registers one fixture module (tests.<folder>.fixtures).
 pytest_plugins: list[str] = [
     "tests.runtime.fixtures",
+    "tests.cfg.fixtures",
     "tests.testbed.fixtures",
+    "tests.reconcile.fixtures",
 ]

@@ -31,8 +31,9 @@ def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
 
 
 def request(api: ApiClient, method: str, path: str, *, body: Any = None,
-            query: dict[str, str] | None = None, content_type: str = "application/json") -> dict[str, Any]:
-    headers = {"Accept": "application/json", "Content-Type": content_type}
+            query: dict[str, str] | None = None, content_type: str = "application/json",
+            accept: str = "application/json") -> dict[str, Any]:
+    headers = {"Accept": accept, "Content-Type": content_type}
     serialized = api.param_serialize(method=method, resource_path=path, query_params=query,
                                      header_params=headers, body=body, auth_settings=["BearerToken"])
     response = api.call_api(*serialized)

@@ -15,7 +15,7 @@ source, so a base engine switches to two workers without a change of its own:
 
 LoRA merge steps: BAL merges a LoRA "as soon as it is loaded, at the latest at step K",
 and "loaded" happens at different moments in two processes. So only the leader decides:
-its hook merges when its own rule says so and reports the LoRAs it merged (`merged_at`);
+its hook merges when its own rule says so and reports the LoRAs it merged (`merged_mask`);
 that mask rides on the step command with the latent, and the follower merges exactly
 those LoRAs before computing that step, blocking until its own copy is loaded. Both
 replicas run every step with the same weights and restore theirs when the request ends.
@@ -47,10 +47,11 @@ from swiftdiffusion.runtime.unet_split import unet_decode, unet_encode
 
 @runtime_checkable
 class ReportsMerges(Protocol):
-    """A step hook that says which of the request's LoRAs a `before_step` call merged."""
+    """A step hook that says which of the request's LoRAs it has merged so far (BAL's BalHook)."""
 
-    def merged_at(self, step_index: int) -> int:
-        """Bit i set: LoRA i of the request was merged in `before_step(step_index)`."""
+    @property
+    def merged_mask(self) -> int:
+        """Bit i set once LoRA i of the request is merged."""
         ...
 
 
@@ -60,6 +61,7 @@ class SplitRequest:
     def __init__(self, parent: LatentParallel, inner: StepHook, loras: Sequence[LoraUse]) -> None:
         self._parent, self._inner, self.loras = parent, inner, tuple(loras)
         self.index, self.merges = 0, 0
+        self._told = 0  # LoRAs the follower has been told to merge
         self.residuals: tuple[ResidualRequest, float | None] | None = None
         self.session: PairSession | None = None
         self._stack = ExitStack()
@@ -70,8 +72,15 @@ class SplitRequest:
             self.residuals, self._parent.pending_residuals = self._parent.pending_residuals, None
             self._parent.current = self
         self._inner.before_step(step_index)
-        self.index = step_index
-        self.merges = self._inner.merged_at(step_index) if isinstance(self._inner, ReportsMerges) else 0
+        merged = self._inner.merged_mask if isinstance(self._inner, ReportsMerges) else 0
+        self.index, self.merges = step_index, merged & ~self._told  # includes merges made in before_encode
+        self._told = merged
+
+    def before_encode(self) -> None:
+        """BAL merges LoRAs with text-encoder parts here; the follower learns of them at step 0."""
+        before_encode = getattr(self._inner, "before_encode", None)
+        if before_encode is not None:
+            before_encode()
 
     def open_session(self, text: TextConditioning, model_input: torch.Tensor, timestep: torch.Tensor) -> PairSession:
         """Start the follower's side of this request (at step 0, when shapes are known)."""

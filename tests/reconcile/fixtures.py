@@ -1,0 +1,225 @@
+"""Fixtures for cluster tests of the operator: the CRD, and the real operator as a process.
+
+Each test gets its own operator process watching only that test's namespace, running as
+a ServiceAccount bound to the operator's generated RBAC rules, so every test also proves
+those rules are enough. Stopping it is part of the fixture.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client import ApiClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from swiftdiffusion.operator import crd, kube, rbac
+from swiftdiffusion.operator import model as m
+from tests.testbed.waiting import eventually
+
+WORKFLOWS = f"/apis/{m.GROUP}/{m.VERSION}/namespaces/{{ns}}/{m.PLURAL}"
+TEST_ROLE = "swiftdiffusion-operator-under-test"
+USER_MANAGER = "tests"
+
+
+def server_side_apply(api: ApiClient, path: str, body: dict[str, Any], manager: str = USER_MANAGER) -> dict:
+    return kube.request(api, "PATCH", path, body=body, query={"fieldManager": manager, "force": "true"},
+                        content_type="application/apply-patch+yaml")
+
+
+@pytest.fixture(scope="session")
+def t2i_crd(k8s_client: ApiClient) -> str:
+    """The CRD from crds/ (the checked-in artifact), established, plus the operator's ClusterRole."""
+    definition = crd.crd()
+    name = definition["metadata"]["name"]
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+    server_side_apply(k8s_client, path, definition)
+    server_side_apply(k8s_client, f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{TEST_ROLE}",
+                      rbac.cluster_role(TEST_ROLE))
+
+    def established() -> bool:
+        conditions = kube.request(k8s_client, "GET", path).get("status", {}).get("conditions", [])
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    eventually(established, timeout=60)
+    eventually(lambda: kube.request(k8s_client, "GET", WORKFLOWS.format(ns="default")), timeout=30)
+    return name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: str, target: pathlib.Path) -> str:
+    """A kubeconfig for a ServiceAccount bound (in `namespace` only) to the operator's rules."""
+    sa = rbac.NAME
+    server_side_apply(api, f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}",
+                      {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": namespace}})
+    server_side_apply(api, f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings/{sa}", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": sa, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": TEST_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]})
+    token = kube.request(api, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+                         body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                               "spec": {"expirationSeconds": 3600}})["status"]["token"]
+    admin = yaml.safe_load(pathlib.Path(admin_config).read_text())
+    cluster = admin["clusters"][0]
+    config = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+              "users": [{"name": sa, "user": {"token": token}}],
+              "contexts": [{"name": sa, "context": {"cluster": cluster["name"], "user": sa, "namespace": namespace}}],
+              "current-context": sa}
+    target.write_text(json.dumps(config))
+    return str(target)
+
+
+@dataclass
+class OperatorProcess:
+    """`swiftdiffusion-operator --namespace <ns>` as a child process."""
+
+    namespace: str
+    kubeconfig: str
+    log_path: pathlib.Path
+    metrics_port: int = field(default_factory=_free_port)
+    liveness_port: int = field(default_factory=_free_port)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> OperatorProcess:
+        command = [sys.executable, "-m", "swiftdiffusion.operator.main", "--namespace", self.namespace,
+                   "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz",
+                   "--metrics-port", str(self.metrics_port), "--verbose"]
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        eventually(self._alive, timeout=60, interval=0.2)
+        return self
+
+    def _alive(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, f"operator exited:\n{self.log_tail()}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as response:
+            return response.status == 200
+
+    def metrics(self) -> dict[str, float]:
+        """Samples as `name{label=value,...}` -> value."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}"] = sample.value
+        return out
+
+    def total(self, name: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k.startswith(name + "{"))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def operator(t2i_crd: str, k8s_client: ApiClient, kube_config: str, namespace: str,
+             tmp_path: pathlib.Path) -> Iterator[OperatorProcess]:
+    """The operator, running as its least-privilege ServiceAccount, watching `namespace`."""
+    kubeconfig = _service_account_kubeconfig(k8s_client, kube_config, namespace, tmp_path / "operator.kubeconfig")
+    process = OperatorProcess(namespace, kubeconfig, tmp_path / "operator.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        print(f"--- operator log tail ({namespace})\n{process.log_tail()}")
+
+
+@dataclass
+class Cluster:
+    """Small helpers over the admin client for the tests' checks."""
+
+    api: ApiClient
+    namespace: str
+
+    def apply_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
+        body = {**body, "metadata": {**body["metadata"], "namespace": self.namespace}}
+        path = WORKFLOWS.format(ns=self.namespace) + "/" + body["metadata"]["name"]
+        return server_side_apply(self.api, path, body)
+
+    def workflow(self, name: str) -> dict[str, Any]:
+        return kube.request(self.api, "GET", WORKFLOWS.format(ns=self.namespace) + "/" + name)
+
+    def delete_workflow(self, name: str) -> None:
+        kube.request(self.api, "DELETE", WORKFLOWS.format(ns=self.namespace) + "/" + name)
+
+    def get(self, api_version: str, kind: str, name: str) -> dict[str, Any] | None:
+        return kube.get(self.api, api_version, kind, self.namespace, name)
+
+    def list(self, api_version: str, kind: str, selector: str = "") -> list[dict[str, Any]]:
+        query = {"labelSelector": selector} if selector else None
+        return kube.request(self.api, "GET", kube.collection_path(api_version, kind, self.namespace),
+                            query=query)["items"]
+
+    def children(self) -> list[dict[str, Any]]:
+        selector = "app.kubernetes.io/managed-by=swiftdiffusion-operator"
+        kinds = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"),
+                 ("policy/v1", "PodDisruptionBudget")]
+        return [item for version, kind in kinds for item in self.list(version, kind, selector)]
+
+    def condition(self, name: str, ctype: str = "Ready") -> dict[str, Any]:
+        conditions = self.workflow(name).get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == ctype), {})
+
+    def wait_ready(self, name: str, timeout: float = 90) -> dict[str, Any]:
+        """Waits for Ready=True at the workflow's current generation; returns the workflow."""
+        def ready() -> dict[str, Any] | None:
+            body = self.workflow(name)
+            status = body.get("status", {})
+            conditions = {c["type"]: c for c in status.get("conditions", [])}
+            ok = conditions.get("Ready", {}).get("status") == "True" and \
+                status.get("observedGeneration") == body["metadata"]["generation"]
+            return body if ok else None
+
+        return eventually(ready, timeout=timeout)
+
+    def pods(self, pool: str) -> list[dict[str, Any]]:
+        return kube.request(self.api, "GET", f"/api/v1/namespaces/{self.namespace}/pods",
+                            query={"labelSelector": f"swiftdiffusion.io/pool={pool}"})["items"]
+
+    def node(self, name: str) -> dict[str, Any]:
+        return kube.request(self.api, "GET", f"/api/v1/nodes/{name}")
+
+
+@pytest.fixture
+def cluster(k8s_client: ApiClient, namespace: str) -> Cluster:
+    return Cluster(k8s_client, namespace)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60) -> Any:
+    return eventually(check, timeout=timeout, interval=0.3)
+
+
+def settle(seconds: float = 2.0) -> None:
+    """Gives the operator time to react to something it should ignore."""
+    time.sleep(seconds)

@@ -1,0 +1,275 @@
+"""The operator against a real API server, scheduler, controllers and fake GPU nodes."""
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+
+from swiftdiffusion.operator import kube, render
+from tests.reconcile.fixtures import Cluster, OperatorProcess, settle, wait_until
+from tests.reconcile.workflows import CANNY, DEPTH, example
+
+pytestmark = pytest.mark.cluster
+
+H800 = "NVIDIA-H800"
+BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+def _workflow(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "swiftdiffusion.io/v1alpha1", "kind": "T2IWorkflow", "metadata": {"name": name},
+            "spec": {"base": {"model": BASE_MODEL}, **spec}}
+
+
+def _table(cluster: Cluster, wide: bool = False) -> tuple[list[str], dict[str, list[Any]]]:
+    """What `kubectl get t2i` prints: the server-side Table built from the CRD's printer columns."""
+    path = f"/apis/swiftdiffusion.io/v1alpha1/namespaces/{cluster.namespace}/t2iworkflows"
+    table = kube.request(cluster.api, "GET", path, accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+    shown = [i for i, c in enumerate(table["columnDefinitions"]) if wide or c["priority"] == 0]
+    columns = [table["columnDefinitions"][i]["name"] for i in shown]
+    return columns, {row["cells"][0]: [row["cells"][i] for i in shown] for row in table["rows"]}
+
+
+def test_examples_become_ready_with_pods_on_allowed_gpu_nodes(operator: OperatorProcess, cluster: Cluster) -> None:
+    names = []
+    for file in ("sdxl-canny-depth", "sdxl-latent-parallel", "shared-pool"):
+        for doc in example(file):
+            cluster.apply_workflow(doc)
+            names.append(doc["metadata"]["name"])
+    for name in names:
+        body = cluster.wait_ready(name)
+        spec, status = body["spec"], body["status"]
+        assert status["basePool"]["endpoint"] == f"swd-{name}-base.{cluster.namespace}.svc:50051"
+        pools = [status["basePool"]["name"], status["controlnetPool"]["name"]]
+        for pool_name, pool in zip(pools, (spec["basePool"], spec["controlnetPool"]), strict=True):
+            pods = cluster.pods(pool_name)
+            assert pods, pool_name
+            for pod in pods:
+                node = cluster.node(pod["spec"]["nodeName"])
+                assert node["metadata"]["labels"]["nvidia.com/gpu.product"] in pool["gpuProducts"]
+                assert pod["status"]["phase"] == "Running"
+    lp = cluster.pods("swd-sdxl-latent-parallel-base")[0]["spec"]["containers"][0]
+    assert lp["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert cluster.workflow("product-shots")["status"]["controlnetPool"]["name"] == "swd-cn-shared"
+
+    columns, rows = _table(cluster)
+    assert columns == ["Name", "Ready", "Base", "ControlNet", "Age"]
+    assert rows["sdxl-canny-depth"][1:4] == ["True", "2/2", "1/1"]
+    wide_columns, wide_rows = _table(cluster, wide=True)
+    assert {"Reason", "Model", "ControlNet-Pool", "Latent-Parallelism"} <= set(wide_columns)
+    assert wide_rows["sdxl-latent-parallel"][wide_columns.index("Latent-Parallelism")] == "Enabled"
+
+
+INVALID: dict[str, tuple[dict[str, Any], str]] = {
+    "min replicas above max": ({"basePool": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
+                               "spec.basePool.autoscaling.minReplicas"),
+    "controlnet pool min above max": ({"controlnets": [CANNY], "controlnetPool": {"autoscaling": {
+        "minReplicas": 3, "maxReplicas": 1}}}, "spec.controlnetPool.autoscaling.minReplicas"),
+    "lora k above steps": ({"base": {"model": BASE_MODEL, "defaults": {"steps": 20}},
+                            "loras": [{"name": "a", "source": "/a", "k": 25}]}, "spec.loras"),
+    "bal default k above steps": ({"base": {"model": BASE_MODEL, "defaults": {"steps": 8}}},
+                                  "spec.serving.balDefaultK"),
+    "duplicate controlnet names": ({"controlnets": [CANNY, {**DEPTH, "name": "canny"}]}, "spec.controlnets[1]"),
+    "duplicate lora names": ({"loras": [{"name": "a", "source": "/a"}, {"name": "a", "source": "/b"}]},
+                             "spec.loras[1]"),
+    "unknown latent parallelism": ({"serving": {"latentParallelism": "Sometimes"}},
+                                   "spec.serving.latentParallelism"),
+    "latent parallelism with one gpu": ({"serving": {"latentParallelism": "Enabled"}}, "spec.basePool.gpus"),
+    "empty gpu product list": ({"basePool": {"gpuProducts": []}}, "spec.basePool.gpuProducts"),
+    "negative conditioning scale": ({"controlnets": [{**CANNY, "conditioningScale": -0.5}]},
+                                    "spec.controlnets[0].conditioningScale"),
+    "negative lora scale": ({"loras": [{"name": "a", "source": "/a", "scale": -1}]}, "spec.loras[0].scale"),
+    "negative guidance scale": ({"base": {"model": BASE_MODEL, "defaults": {"guidanceScale": -1}}},
+                                "spec.base.defaults.guidanceScale"),
+    "width not a multiple of 8": ({"base": {"model": BASE_MODEL, "defaults": {"width": 1020}}},
+                                  "spec.base.defaults.width"),
+    "height not a multiple of 8": ({"base": {"model": BASE_MODEL, "defaults": {"height": 777}}},
+                                   "spec.base.defaults.height"),
+    "width above max width": ({"base": {"model": BASE_MODEL, "defaults": {"width": 4096}}},
+                              "spec.base.defaults.width"),
+    "unknown dtype": ({"base": {"model": BASE_MODEL, "dtype": "float8"}}, "spec.base.dtype"),
+    "unknown controlnet mode": ({"serving": {"controlnetMode": "eventually"}}, "spec.serving.controlnetMode"),
+    "pvc store without claim": ({"modelStore": {"type": "PersistentVolumeClaim"}}, "spec.modelStore.claimName"),
+    "missing base model": ({"base": {"revision": "main"}}, "spec.base.model"),
+    "zero steps": ({"base": {"model": BASE_MODEL, "defaults": {"steps": 0}}}, "spec.base.defaults.steps"),
+    "gpu in resources": ({"basePool": {"resources": {"limits": {"nvidia.com/gpu": 4}}}},
+                         "spec.basePool.resources"),
+    "shared pool name not a dns label": ({"controlnets": [CANNY], "controlnetPool": {"sharedPoolName": "Pool_1"}},
+                                         "spec.controlnetPool.sharedPoolName"),
+    "negative replicas": ({"basePool": {"replicas": -1}}, "spec.basePool.replicas"),
+}
+
+
+def test_invalid_workflows_are_rejected_naming_the_field_and_create_nothing(
+        operator: OperatorProcess, cluster: Cluster) -> None:
+    assert len(INVALID) >= 15
+    unexpected = []
+    for case, (spec, field) in INVALID.items():
+        body = _workflow("bad", **spec)
+        try:
+            cluster.apply_workflow(body)
+        except kube.ApiException as error:
+            if error.status != 422 or field not in (error.body or ""):
+                unexpected.append(f"{case}: {error.status} {error.body}")
+        else:
+            unexpected.append(f"{case}: accepted")
+            cluster.delete_workflow("bad")
+    long_name = _workflow("x" * 51)
+    with pytest.raises(kube.ApiException, match="metadata.name"):
+        cluster.apply_workflow(long_name)
+    assert not unexpected, "\n".join(unexpected)
+    settle()
+    assert cluster.list("swiftdiffusion.io/v1alpha1", "T2IWorkflow") == []
+    assert cluster.children() == []
+
+
+def test_deleted_children_are_recreated(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.apply_workflow(_workflow("wf", controlnets=[CANNY]))
+    cluster.wait_ready("wf")
+    for version, kind, name in (("apps/v1", "Deployment", "swd-wf-base"), ("v1", "Service", "swd-wf-cn"),
+                                ("v1", "ConfigMap", "swd-wf-base"), ("policy/v1", "PodDisruptionBudget", "swd-wf-cn")):
+        old = cluster.get(version, kind, name)
+        kube.request(cluster.api, "DELETE", kube.object_path(version, kind, cluster.namespace, name))
+        wait_until(lambda: (new := cluster.get(version, kind, name)) and new["metadata"]["uid"] != old["metadata"]["uid"])
+    cluster.wait_ready("wf")
+
+
+def _edit_deployment(cluster: Cluster, name: str, patch: dict[str, Any]) -> None:
+    path = kube.object_path("apps/v1", "Deployment", cluster.namespace, name)
+    kube.request(cluster.api, "PATCH", path, body=patch, content_type="application/strategic-merge-patch+json")
+
+
+def test_hand_edited_child_is_put_back_but_autoscaled_replicas_are_left_alone(
+        operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.apply_workflow(_workflow("wf", basePool={"autoscaling": {"enabled": True, "maxReplicas": 4}}))
+    cluster.wait_ready("wf")
+    _edit_deployment(cluster, "swd-wf-base", {"spec": {"replicas": 3}})  # what an autoscaler does
+    _edit_deployment(cluster, "swd-wf-base", {"spec": {"template": {"spec": {"containers": [
+        {"name": "runtime", "image": "someone/else:latest"}]}}}})
+
+    def restored() -> bool:
+        pod = cluster.get("apps/v1", "Deployment", "swd-wf-base")["spec"]["template"]["spec"]
+        return pod["containers"][0]["image"] == "swiftdiffusion/runtime:0.1.0"
+
+    wait_until(restored)
+    settle()
+    deployment = cluster.get("apps/v1", "Deployment", "swd-wf-base")
+    assert deployment["spec"]["replicas"] == 3
+    assert cluster.wait_ready("wf")["status"]["basePool"]["desiredReplicas"] == 3
+
+    path = kube.object_path("v1", "ConfigMap", cluster.namespace, "swd-wf-base")
+    kube.request(cluster.api, "PATCH", path, body={"data": {"config.yaml": "role: hacked\n"}},
+                 content_type="application/merge-patch+json")
+    wait_until(lambda: cluster.get("v1", "ConfigMap", "swd-wf-base")["data"]["config.yaml"].startswith("role: base"))
+
+
+def test_spec_update_rolls_the_pools(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.apply_workflow(_workflow("wf", controlnets=[CANNY]))
+    cluster.wait_ready("wf")
+    before = {pool: cluster.get("apps/v1", "Deployment", pool) for pool in ("swd-wf-base", "swd-wf-cn")}
+    cluster.apply_workflow(_workflow("wf", base={"model": BASE_MODEL, "defaults": {"steps": 40}},
+                                     controlnets=[{**CANNY, "conditioningScale": 0.9}]))
+    body = cluster.wait_ready("wf")
+    assert body["status"]["observedGeneration"] == 2
+    for pool, old in before.items():
+        new = cluster.get("apps/v1", "Deployment", pool)
+        annotation = ("spec", "template", "metadata", "annotations")
+        old_hash, new_hash = old, new
+        for key in annotation:
+            old_hash, new_hash = old_hash[key], new_hash[key]
+        assert old_hash[render.CONFIG_HASH] != new_hash[render.CONFIG_HASH], pool
+        assert new["metadata"]["generation"] > old["metadata"]["generation"]
+        assert len(cluster.list("apps/v1", "ReplicaSet", f"swiftdiffusion.io/pool={pool}")) == 2
+    assert "steps: 40" in cluster.get("v1", "ConfigMap", "swd-wf-base")["data"]["config.yaml"]
+    assert "conditioningScale: 0.9" in cluster.get("v1", "ConfigMap", "swd-wf-cn")["data"]["config.yaml"]
+
+
+def _served(cluster: Cluster) -> str:
+    return cluster.get("apps/v1", "Deployment", "swd-cn-shared")["metadata"]["annotations"][render.SERVED_CONTROLNETS]
+
+
+def test_shared_pool_serves_the_union_and_lives_until_the_last_workflow_is_deleted(
+        operator: OperatorProcess, cluster: Cluster) -> None:
+    shared = {"sharedPoolName": "shared"}
+    cluster.apply_workflow(_workflow("a", controlnets=[CANNY], controlnetPool=shared))
+    cluster.apply_workflow(_workflow("b", controlnets=[DEPTH], controlnetPool=shared))
+    for name in ("a", "b"):
+        cluster.wait_ready(name)
+    wait_until(lambda: _served(cluster) == "canny,depth")
+    deployments = cluster.list("apps/v1", "Deployment", "swiftdiffusion.io/shared-pool=shared")
+    assert len(deployments) == 1
+    assert {o["name"] for o in deployments[0]["metadata"]["ownerReferences"]} == {"a", "b"}
+    assert "swd-cn-shared.{}.svc:50051".format(cluster.namespace) in \
+        cluster.get("v1", "ConfigMap", "swd-a-base")["data"]["config.yaml"]
+
+    cluster.delete_workflow("a")
+    wait_until(lambda: _served(cluster) == "depth")
+    wait_until(lambda: {o["name"] for o in cluster.get("apps/v1", "Deployment", "swd-cn-shared")
+                        ["metadata"]["ownerReferences"]} == {"b"})
+    assert cluster.get("v1", "Service", "swd-cn-shared") is not None
+    assert cluster.workflow("b")["status"]["controlnetPool"]["controlnets"] == ["depth"]
+
+    cluster.delete_workflow("b")
+    wait_until(lambda: cluster.children() == [], timeout=90)
+
+
+def _snapshot(cluster: Cluster) -> dict[str, str]:
+    objects = cluster.children() + cluster.list("swiftdiffusion.io/v1alpha1", "T2IWorkflow")
+    return {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in objects}
+
+
+def test_operator_restart_creates_no_duplicates_and_writes_nothing(
+        operator: OperatorProcess, cluster: Cluster) -> None:
+    for doc in example("shared-pool") + [_workflow("solo", controlnets=[CANNY])]:
+        cluster.apply_workflow(doc)
+    for name in ("product-shots", "character-poses", "solo"):
+        cluster.wait_ready(name)
+    settle(3)  # let Deployment status updates and their echo reconciles finish
+    operator.stop()
+    before = _snapshot(cluster)
+    events_before = len(cluster.list("v1", "Event"))
+
+    operator.start()
+    # Every workflow, the shared pool and every child is seen again, and reconciled.
+    wait_until(lambda: operator.total("swiftdiffusion_operator_reconciles_total") >= 4)
+    settle(3)
+    assert operator.total("swiftdiffusion_operator_reconcile_errors_total") == 0
+    assert operator.total("swiftdiffusion_operator_api_writes_total") == 0
+    assert _snapshot(cluster) == before
+    assert len(cluster.list("v1", "Event")) == events_before
+    assert len(cluster.list("apps/v1", "Deployment")) == 5  # 3 base pools, 1 dedicated and 1 shared pool
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(
+        operator: OperatorProcess, cluster: Cluster) -> None:
+    operator.stop()
+    for i in range(3):
+        cluster.apply_workflow(_workflow(f"wf{i}", controlnets=[CANNY, DEPTH]))
+    operator.start()
+    wait_until(lambda: cluster.children(), timeout=30)
+    operator.stop(signal.SIGKILL)
+    operator.start()
+    for i in range(3):
+        cluster.wait_ready(f"wf{i}")
+    names = [f"{o['kind']}/{o['metadata']['name']}" for o in cluster.children()]
+    assert len(names) == len(set(names)) == 3 * 8
+
+
+def test_unschedulable_pool_reports_not_ready_with_reason(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.apply_workflow(_workflow("wf", basePool={"gpuProducts": ["NVIDIA-A100-SXM4-80GB"]}))
+    wait_until(lambda: cluster.condition("wf", "Progressing").get("status") == "True")
+    settle()
+    ready = cluster.condition("wf")
+    assert ready["status"] == "False" and ready["reason"] == "PoolsNotReady"
+    assert "0/1" in ready["message"]
+    pods = cluster.pods("swd-wf-base")
+    assert pods and all(not p["spec"].get("nodeName") for p in pods)
+
+
+def test_operator_serves_liveness_and_prometheus_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.apply_workflow(_workflow("wf"))
+    cluster.wait_ready("wf")
+    metrics = operator.metrics()  # parses as Prometheus text
+    assert operator.total("swiftdiffusion_operator_reconciles_total") >= 1
+    assert any(k.startswith("swiftdiffusion_operator_reconcile_duration_seconds_bucket") for k in metrics)
+    assert operator.total("swiftdiffusion_operator_api_writes_total") >= 5  # 4 children + status
