@@ -53,3 +53,22 @@ def tiny_controlnet_engine(tiny_model_set: Path):
         metrics=RuntimeMetrics("controlnet"),
     )
     return ControlNetEngine(cache, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(tiny_model_set: Path, tmp_path_factory: pytest.TempPathFactory):
+    """ControlNet and base services as real subprocesses on free ports, one torch thread each."""
+    from swiftdiffusion.runtime.config import Defaults
+    from swiftdiffusion.runtime.local_stack import StackOptions, free_port, local_stack
+
+    options = StackOptions(
+        tiny_model_set,
+        base_port=free_port(),
+        controlnet_port=free_port(),
+        base_metrics_port=free_port(),
+        controlnet_metrics_port=free_port(),
+        threads=1,
+        defaults=Defaults(steps=3, guidance_scale=5.0, width=64, height=64),
+    )
+    with local_stack(options, tmp_path_factory.mktemp("stack")) as stack:
+        yield stack

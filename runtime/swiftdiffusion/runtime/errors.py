@@ -32,3 +32,11 @@ class Unavailable(RequestError):
 
 class DeadlineExceeded(RequestError):
     """The request's deadline passed before its work finished."""
+
+
+class RemoteStatus(RequestError):
+    """A status returned by another service, passed on with its code."""
+
+    def __init__(self, code: object, message: str) -> None:
+        super().__init__(message)
+        self.code = code

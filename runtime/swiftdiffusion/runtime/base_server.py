@@ -1,0 +1,156 @@
+"""The base-model service: `BaseService.Generate` over the decoupled denoising loop."""
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import torch
+
+from swiftdiffusion.runtime.api import base_pb2, base_pb2_grpc
+from swiftdiffusion.runtime.base_engine import BaseEngine
+from swiftdiffusion.runtime.base_model import DTYPES, BaseModel, pick_device, to_png
+from swiftdiffusion.runtime.config import RuntimeConfig
+from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
+from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
+from swiftdiffusion.runtime.denoise import ControlNetMode
+from swiftdiffusion.runtime.errors import RequestError
+from swiftdiffusion.runtime.grpc_common import mark_serving, status_of
+from swiftdiffusion.runtime.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.model_store import controlnet_loader, resolve
+from swiftdiffusion.runtime.requests import GenerateParams, Limits
+from swiftdiffusion.runtime.residual_source import ControlNetUse, ResidualSource
+from swiftdiffusion.runtime.server_process import RunningServer, apply_process_settings, new_grpc_server
+from swiftdiffusion.runtime.step_hooks import LoraUse, StepHookFactory, without_loras
+from swiftdiffusion.runtime.transport_grpc import GrpcResidualSource
+from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+
+
+def lora_step_hooks(config: RuntimeConfig, model: BaseModel) -> StepHookFactory:
+    """The per-request LoRA hook factory. Until a LoRA store is wired in, every LoRA is unknown."""
+    return without_loras
+
+
+def params_from_request(request: base_pb2.GenerateRequest, config: RuntimeConfig) -> GenerateParams:
+    """Fill unset fields from the deployment's defaults and configured ControlNet scales."""
+    defaults = config.require_base().defaults
+    scales = {entry.name: entry.conditioning_scale for entry in config.controlnets}
+    return GenerateParams(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        seed=request.seed,
+        steps=request.steps if request.HasField("steps") else defaults.steps,
+        guidance_scale=request.guidance_scale if request.HasField("guidance_scale") else defaults.guidance_scale,
+        width=request.width if request.HasField("width") else defaults.width,
+        height=request.height if request.HasField("height") else defaults.height,
+        controlnets=tuple(
+            ControlNetUse(
+                c.name,
+                c.image,
+                c.conditioning_scale if c.HasField("conditioning_scale") else scales.get(c.name, 1.0),
+            )
+            for c in request.controlnets
+        ),
+        loras=tuple(
+            LoraUse(lora.name, lora.scale if lora.HasField("scale") else None, lora.k if lora.HasField("k") else None)
+            for lora in request.loras
+        ),
+    )
+
+
+class BaseServicer(base_pb2_grpc.BaseServiceServicer):
+    """Registered before the model loads (gRPC wants services before start); `engine` comes later."""
+
+    def __init__(self, config: RuntimeConfig, metrics: RuntimeMetrics, threads: int | None = None) -> None:
+        self.engine: BaseEngine | None = None
+        self.config = config
+        self.metrics = metrics
+        self.threads = threads
+
+    def Generate(self, request: base_pb2.GenerateRequest, context: grpc.ServicerContext) -> base_pb2.GenerateResponse:
+        if self.engine is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the base model is still loading")
+        if self.threads:
+            torch.set_num_threads(self.threads)  # per thread: gRPC workers start with the default
+        metrics = self.metrics
+        started = time.perf_counter()
+        metrics.in_flight.inc()
+        code = grpc.StatusCode.OK
+        try:
+            return self._generate(request, context, started)
+        except RequestError as error:
+            code = status_of(error)
+            context.abort(code, str(error))
+        finally:
+            metrics.in_flight.dec()
+            metrics.count(code.name)
+            metrics.request_latency.observe(time.perf_counter() - started)
+
+    def _generate(self, request, context, started: float) -> base_pb2.GenerateResponse:
+        params = params_from_request(request, self.config)
+        limit = self.config.require_base().request_timeout_seconds
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + (limit if remaining is None else min(limit, remaining))
+        finished = threading.Event()
+        context.add_callback(finished.set)
+        result = self.engine.generate(params, is_cancelled=finished.is_set, deadline=deadline)
+        png_started = time.perf_counter()
+        png = to_png(result.image)
+        timings = {**result.timings, "png": time.perf_counter() - png_started, "total": time.perf_counter() - started}
+        return base_pb2.GenerateResponse(
+            png=png,
+            width=params.width,
+            height=params.height,
+            seed=params.seed,
+            steps=params.steps,
+            timings=[base_pb2.PhaseTiming(phase=k, seconds=v) for k, v in timings.items()],
+        )
+
+
+def residual_source_for(config: RuntimeConfig, model: BaseModel, metrics: RuntimeMetrics) -> ResidualSource | None:
+    """The ControlNet service over gRPC, or, with no service configured, an in-process engine."""
+    base = config.require_base()
+    if base.controlnet_service:
+        return GrpcResidualSource(
+            base.controlnet_service, wire_dtype=base.residual_wire_dtype, metrics=metrics,
+            device=model.device, dtype=model.dtype,
+        )
+    if not config.controlnets:
+        return None
+    cache = ControlNetCache(
+        [c.name for c in config.controlnets],
+        controlnet_loader(config, model.device, base.dtype),
+        config.controlnet.cache_bytes,
+        metrics,
+    )
+    return InProcessResidualSource(ControlNetEngine(cache, model.device, DTYPES[base.dtype]))
+
+
+def start_base_server(config: RuntimeConfig) -> RunningServer:
+    """Listen at once (health NOT_SERVING), load the model, then report SERVING."""
+    apply_process_settings(config)
+    base = config.require_base()
+    metrics = RuntimeMetrics("base")
+    metrics_port = metrics.serve(config.metrics_port) if config.metrics_port >= 0 else None
+    server, health, port = new_grpc_server(config)
+    servicer = BaseServicer(config, metrics, config.torch_threads)
+    base_pb2_grpc.add_BaseServiceServicer_to_server(servicer, server)
+    server.start()
+    model = BaseModel.load(
+        resolve(base.model, config.model_store), base.revision, base.dtype, config.model_store, config.device
+    )
+    metrics.observe_load("base", model.load_seconds)
+    servicer.engine = BaseEngine(
+        model,
+        residual_source_for(config, model, metrics),
+        step_hooks=lora_step_hooks(config, model),
+        mode=ControlNetMode(base.controlnet_mode),
+        limits=Limits(
+            max_width=config.max_width, max_height=config.max_height,
+            max_steps=config.max_steps, max_guidance_scale=config.max_guidance_scale,
+        ),
+        controlnet_names={c.name for c in config.controlnets},
+        metrics=metrics,
+    )
+    mark_serving(health)
+    return RunningServer(server, health, port, metrics_port)

@@ -1,0 +1,120 @@
+"""`swiftdiffusion`: run the services (as pods do, or both locally) and call them."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+DEFAULT_MODELS = Path(".models")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="swiftdiffusion", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for role in ("base", "controlnet"):
+        serve = commands.add_parser(f"serve-{role}", help=f"run the {role} service from a config file")
+        serve.add_argument("--config", type=Path, required=True)
+    local = commands.add_parser("serve", help="run both services locally on an offline-built model set")
+    local.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model set folder (built if missing)")
+    local.add_argument("--size", choices=("tiny", "mid"), default="tiny")
+    local.add_argument("--port", type=int, default=50051)
+    local.add_argument("--controlnet-port", type=int, default=50052)
+    local.add_argument("--mode", choices=("synchronous", "pipelined"), default="synchronous")
+    gen = commands.add_parser("generate", help="ask a base service for an image and write it as PNG")
+    gen.add_argument("prompt")
+    gen.add_argument("--target", default="127.0.0.1:50051")
+    gen.add_argument("--out", type=Path, default=Path("out/image.png"))
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--guidance-scale", type=float)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--controlnet", action="append", default=[], metavar="NAME=IMAGE[@SCALE]")
+    gen.add_argument("--lora", action="append", default=[], metavar="NAME[@SCALE]")
+    gen.add_argument("--timeout", type=float, default=600.0)
+    build = commands.add_parser("build-models", help="build an SDXL-architecture model set offline")
+    build.add_argument("folder", type=Path)
+    build.add_argument("--size", choices=("tiny", "mid"), default="tiny")
+    args = parser.parse_args(argv)
+    return {
+        "serve-base": _serve_pod,
+        "serve-controlnet": _serve_pod,
+        "serve": _serve_local,
+        "generate": _generate,
+        "build-models": _build,
+    }[args.command](args)
+
+
+def _serve_pod(args: argparse.Namespace) -> int:
+    from swiftdiffusion.runtime.config import load_config
+
+    config = load_config(args.config)
+    role = args.command.removeprefix("serve-")
+    if config.role != role:
+        print(f"config {args.config} is for role {config.role!r}, not {role!r}", file=sys.stderr)
+        return 2
+    if role == "base":
+        from swiftdiffusion.runtime.base_server import start_base_server as start
+    else:
+        from swiftdiffusion.runtime.controlnet_server import start_controlnet_server as start
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    running = start(config)
+    print(f"{role} service on :{running.port}, metrics on :{running.metrics_port}", flush=True)
+    stop.wait()
+    running.stop()
+    return 0
+
+
+def _serve_local(args: argparse.Namespace) -> int:
+    from swiftdiffusion.runtime.local_stack import StackOptions, local_stack
+    from swiftdiffusion.runtime.model_factory import build_model_set
+
+    models = build_model_set(args.models, args.size)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    options = StackOptions(models, base_port=args.port, controlnet_port=args.controlnet_port, mode=args.mode)
+    with tempfile.TemporaryDirectory(prefix="swiftdiffusion-") as folder, local_stack(options, Path(folder)):
+        print(f"serving: base 127.0.0.1:{args.port}, ControlNet 127.0.0.1:{args.controlnet_port} (Ctrl-C stops)", flush=True)
+        stop.wait()
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from swiftdiffusion.runtime.client import generate, generate_request
+
+    controlnets = []
+    for spec in args.controlnet:
+        name, _, rest = spec.partition("=")
+        path, _, scale = rest.partition("@")
+        controlnets.append((name, Path(path).read_bytes(), float(scale) if scale else None))
+    loras = [(n, float(s) if s else None) for n, _, s in (spec.partition("@") for spec in args.lora)]
+    request = generate_request(
+        args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
+        guidance_scale=args.guidance_scale, width=args.width, height=args.height,
+        controlnets=controlnets, loras=loras,
+    )
+    reply = generate(args.target, request, timeout=args.timeout)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(reply.png)
+    print(f"wrote {args.out} ({reply.width}x{reply.height})")
+    for phase, seconds in reply.timings.items():
+        print(f"  {phase:16s} {seconds:8.3f} s")
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from swiftdiffusion.runtime.model_factory import build_model_set
+
+    print(build_model_set(args.folder, args.size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

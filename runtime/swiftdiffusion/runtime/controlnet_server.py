@@ -1,0 +1,114 @@
+"""The ControlNet service: residual sessions for many base servers at once.
+
+Each session (one stream) resolves its ControlNets through the shared LRU cache,
+preprocesses its control images once, then answers every step in order. A base server
+that cancels ends the stream; the loop notices at the next message and stops.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import torch
+
+from swiftdiffusion.runtime.api import controlnet_pb2, controlnet_pb2_grpc
+from swiftdiffusion.runtime.base_model import DTYPES, pick_device
+from swiftdiffusion.runtime.conditioning import TextConditioning
+from swiftdiffusion.runtime.config import RuntimeConfig
+from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
+from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
+from swiftdiffusion.runtime.errors import InvalidArgument, RequestError
+from swiftdiffusion.runtime.grpc_common import mark_serving, status_of
+from swiftdiffusion.runtime.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.model_store import controlnet_loader
+from swiftdiffusion.runtime.residual_source import ControlNetUse, ResidualRequest
+from swiftdiffusion.runtime.server_process import RunningServer, apply_process_settings, new_grpc_server
+from swiftdiffusion.runtime.tensor_codec import WIRE_DTYPES, from_wire, to_wire
+
+
+def request_from_open(message: controlnet_pb2.SessionOpen) -> ResidualRequest:
+    if message.wire_dtype and message.wire_dtype not in WIRE_DTYPES:
+        raise InvalidArgument("wire_dtype", f"{message.wire_dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+    text = TextConditioning(
+        from_wire(message.prompt_embeds), from_wire(message.text_embeds), from_wire(message.time_ids),
+        message.guidance_scale,
+    )
+    uses = tuple(ControlNetUse(u.name, u.image, u.conditioning_scale) for u in message.controlnets)
+    return ResidualRequest(uses, message.width, message.height, text)
+
+
+class ControlNetServicer(controlnet_pb2_grpc.ControlNetServiceServicer):
+    def __init__(self, engine: ControlNetEngine, metrics: RuntimeMetrics, threads: int | None = None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.threads = threads
+
+    def Residuals(self, request_iterator, context: grpc.ServicerContext) -> Iterator[controlnet_pb2.ResidualsResponse]:
+        if self.threads:
+            torch.set_num_threads(self.threads)  # per thread: gRPC workers start with the default
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        code = grpc.StatusCode.OK
+        try:
+            yield from self._session(request_iterator, context)
+        except RequestError as error:
+            code = status_of(error)
+            context.abort(code, str(error))
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.count(code.name if code is not grpc.StatusCode.OK or context.is_active() else "CANCELLED")
+            self.metrics.request_latency.observe(time.perf_counter() - started)
+
+    def _session(self, request_iterator, context) -> Iterator[controlnet_pb2.ResidualsResponse]:
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("open"):
+            raise InvalidArgument("open", "the first message of a session must be `open`")
+        prepare_started = time.perf_counter()
+        request = request_from_open(first.open)
+        prepared = self.engine.prepare(request)
+        wire_dtype = first.open.wire_dtype or "float32"
+        yield controlnet_pb2.ResidualsResponse(
+            ready=controlnet_pb2.SessionReady(
+                controlnets=len(request.controlnets), prepare_seconds=time.perf_counter() - prepare_started
+            )
+        )
+        for message in request_iterator:
+            if not context.is_active():
+                return
+            if not message.HasField("step"):
+                raise InvalidArgument("step", "only `step` messages may follow `open`")
+            step_started = time.perf_counter()
+            residuals = self.engine.compute(prepared, from_wire(message.step.latent), from_wire(message.step.timestep))
+            reply = controlnet_pb2.StepResiduals(
+                step=message.step.step,
+                down=[to_wire(t, wire_dtype) for t in residuals.down],
+                mid=to_wire(residuals.mid, wire_dtype),
+                compute_seconds=time.perf_counter() - step_started,
+            )
+            self.metrics.step_seconds.observe(reply.compute_seconds)
+            self.metrics.residual_bytes.inc(sum(len(t.data) for t in (*reply.down, reply.mid)))
+            yield controlnet_pb2.ResidualsResponse(residuals=reply)
+
+
+def start_controlnet_server(config: RuntimeConfig) -> RunningServer:
+    """The ControlNet pool's server: models load on demand into the LRU cache."""
+    apply_process_settings(config)
+    metrics = RuntimeMetrics("controlnet")
+    metrics_port = metrics.serve(config.metrics_port) if config.metrics_port >= 0 else None
+    device = pick_device(config.device)
+    dtype = config.controlnet.dtype
+    cache = ControlNetCache(
+        [c.name for c in config.controlnets],
+        controlnet_loader(config, device, dtype),
+        config.controlnet.cache_bytes,
+        metrics,
+    )
+    engine = ControlNetEngine(cache, device, DTYPES[dtype])
+    server, health, port = new_grpc_server(config)
+    controlnet_pb2_grpc.add_ControlNetServiceServicer_to_server(
+        ControlNetServicer(engine, metrics, config.torch_threads), server
+    )
+    server.start()
+    mark_serving(health)
+    return RunningServer(server, health, port, metrics_port)

@@ -1,0 +1,63 @@
+"""What both services and their clients share: message limits, status mapping, health."""
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from swiftdiffusion.runtime.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RemoteStatus,
+    RequestError,
+    Unavailable,
+)
+
+MAX_MESSAGE_BYTES = 1 << 30  # SDXL residuals are ~51 MB per step in fp16; gRPC's default is 4 MiB
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+_CODES: dict[type[RequestError], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_of(error: RequestError) -> grpc.StatusCode:
+    if isinstance(error, RemoteStatus):
+        return error.code
+    return _CODES.get(type(error), grpc.StatusCode.INTERNAL)
+
+
+def error_from_rpc(error: grpc.RpcError) -> RequestError:
+    """A remote service's status, kept as is, so the base server passes it on unchanged."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    return RemoteStatus(code, f"ControlNet service: {details}")
+
+
+def add_health(server: grpc.Server) -> health.HealthServicer:
+    """The standard health service, NOT_SERVING until the caller marks it ready."""
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+def mark_serving(servicer: health.HealthServicer) -> None:
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+
+def check_health(target: str, timeout: float = 2.0) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,146 @@
+"""Both services as local subprocesses: the embedded default behind `serve` and the demo.
+
+Configs are written in the operator's format (docs/architecture.md), so the local stack
+runs exactly the commands the pods run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from swiftdiffusion.runtime.config import (
+    BaseSection,
+    ControlNetEntry,
+    ControlNetSection,
+    Defaults,
+    LoraEntry,
+    RuntimeConfig,
+    dump_config,
+)
+from swiftdiffusion.runtime.grpc_common import check_health
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    model_set: Path
+    base_port: int = 50051
+    controlnet_port: int = 50052
+    base_metrics_port: int = 9400
+    controlnet_metrics_port: int = 9401
+    mode: str = "synchronous"
+    threads: int | None = None
+    base_cpus: Sequence[int] | None = None
+    controlnet_cpus: Sequence[int] | None = None
+    defaults: Defaults = Defaults(steps=20, guidance_scale=5.0, width=256, height=256)
+    loras: Sequence[LoraEntry] = ()
+    wire_dtype: str = "float32"
+
+
+def stack_configs(options: StackOptions) -> tuple[RuntimeConfig, RuntimeConfig]:
+    """(base, controlnet) configs for a model set built by model_factory."""
+    names = sorted(p.name for p in (options.model_set / "controlnets").iterdir())
+    controlnets = [ControlNetEntry(name=n, model=str(options.model_set / "controlnets" / n)) for n in names]
+    common = dict(
+        model_store=str(options.model_set), controlnets=controlnets, device="cpu", torch_threads=options.threads,
+        bind_address="127.0.0.1",
+    )
+    base = RuntimeConfig(
+        role="base",
+        grpc_port=options.base_port,
+        metrics_port=options.base_metrics_port,
+        cpu_affinity=list(options.base_cpus) if options.base_cpus else None,
+        base=BaseSection(
+            model=str(options.model_set / "base"),
+            dtype="float32",
+            defaults=options.defaults,
+            controlnet_service=f"127.0.0.1:{options.controlnet_port}",
+            controlnet_mode=options.mode,
+            loras=list(options.loras),
+            residual_wire_dtype=options.wire_dtype,
+        ),
+        **common,
+    )
+    controlnet = RuntimeConfig(
+        role="controlnet",
+        grpc_port=options.controlnet_port,
+        metrics_port=options.controlnet_metrics_port,
+        cpu_affinity=list(options.controlnet_cpus) if options.controlnet_cpus else None,
+        controlnet=ControlNetSection(cache_bytes=8 << 30, dtype="float32"),
+        **common,
+    )
+    return base, controlnet
+
+
+@dataclass
+class ServiceProcess:
+    """One `swiftdiffusion serve-*` subprocess with its log file."""
+
+    role: str
+    target: str
+    process: subprocess.Popen
+    log: Path
+
+    def wait_healthy(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.role} service exited ({self.process.returncode}); log:\n{self.log.read_text()[-4000:]}")
+            if check_health(self.target, timeout=1.0):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.role} service not healthy after {timeout:.0f}s; log:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_service(role: str, config: RuntimeConfig, folder: Path, env: dict[str, str] | None = None) -> ServiceProcess:
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / f"{role}.yaml"
+    config_path.write_text(dump_config(config))
+    log = folder / f"{role}.log"
+    command = [sys.executable, "-m", "swiftdiffusion.runtime.cli", f"serve-{role}", "--config", str(config_path)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    return ServiceProcess(role, f"127.0.0.1:{config.grpc_port}", process, log)
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    base: ServiceProcess
+    controlnet: ServiceProcess
+    options: StackOptions
+
+
+@contextmanager
+def local_stack(options: StackOptions, folder: Path, timeout: float = 180.0) -> Iterator[LocalStack]:
+    """Start the ControlNet and base services, wait until both are healthy, stop both after."""
+    base_config, controlnet_config = stack_configs(options)
+    with ExitStack() as stack:
+        controlnet = start_service("controlnet", controlnet_config, folder)
+        stack.callback(controlnet.stop)
+        base = start_service("base", base_config, folder)
+        stack.callback(base.stop)
+        controlnet.wait_healthy(timeout)
+        base.wait_healthy(timeout)
+        yield LocalStack(base, controlnet, options)

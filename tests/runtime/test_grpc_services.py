@@ -1,0 +1,75 @@
+"""The decoupled path across processes: ControlNet and base services as real subprocesses."""
+from __future__ import annotations
+
+import io
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from swiftdiffusion.runtime import metric_names
+from swiftdiffusion.runtime.base_engine import BaseEngine
+from swiftdiffusion.runtime.client import generate, generate_request
+from swiftdiffusion.runtime.transport_grpc import GrpcResidualSource
+from tests.runtime.helpers import diffusers_reference, params_with
+
+
+@pytest.fixture(scope="module")
+def grpc_source(tiny_stack):
+    source = GrpcResidualSource(tiny_stack.controlnet.target)
+    yield source
+    source.close()
+
+
+@pytest.mark.parametrize("controlnets", [1, 2, 3])
+def test_synchronous_latents_over_grpc_match_diffusers(tiny_base_model, tiny_model_set, grpc_source, controlnets) -> None:
+    params = params_with(controlnets)
+    ours = BaseEngine(tiny_base_model, grpc_source).generate(params, decode=False).latents.numpy()
+    np.testing.assert_allclose(ours, diffusers_reference(tiny_model_set, params), rtol=0, atol=1e-5)
+
+
+def test_base_service_image_matches_diffusers_end_to_end(tiny_stack, tiny_model_set) -> None:
+    params = params_with(2)
+    request = generate_request(
+        params.prompt, seed=params.seed, steps=params.steps, guidance_scale=params.guidance_scale,
+        width=params.width, height=params.height,
+        controlnets=[(u.name, u.image, u.conditioning_scale) for u in params.controlnets],
+    )
+    reply = generate(tiny_stack.base.target, request, timeout=120)
+    ours = np.asarray(Image.open(io.BytesIO(reply.png)), dtype=np.float32) / 255
+    reference = diffusers_reference(tiny_model_set, params, output_type="np")[0]
+    assert ours.shape == (64, 64, 3)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1.01 / 255)
+    assert {"text_encode", "denoise", "vae_decode", "total"} <= reply.timings.keys()
+
+
+def test_unset_fields_take_the_deployment_defaults(tiny_stack, tiny_model_set) -> None:
+    params = params_with(0)  # the stack's defaults: 3 steps, guidance 5, 64x64
+    reply = generate(tiny_stack.base.target, generate_request(params.prompt, seed=params.seed), timeout=120)
+    assert (reply.width, reply.height) == (64, 64)
+    ours = np.asarray(Image.open(io.BytesIO(reply.png)), dtype=np.float32) / 255
+    reference = diffusers_reference(tiny_model_set, params, output_type="np")[0]
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1.01 / 255)
+
+
+def test_both_services_export_the_named_metrics(tiny_stack) -> None:
+    canny = params_with(1).controlnets[0]
+    generate(tiny_stack.base.target, generate_request("x", controlnets=[(canny.name, canny.image, None)]))
+    base = _scrape(tiny_stack.options.base_metrics_port)
+    controlnet = _scrape(tiny_stack.options.controlnet_metrics_port)
+    assert f'{metric_names.REQUEST_LATENCY_SECONDS}_count{{role="base"}}' in base
+    assert f"{metric_names.RESIDUAL_BYTES_TOTAL}{{role=\"base\"}}" in base
+    assert f"{metric_names.CONTROLNET_CACHE_MISSES_TOTAL}{{role=\"controlnet\"}}" in controlnet
+    assert f"{metric_names.CONTROLNET_RESIDENT_BYTES}{{role=\"controlnet\"}}" in controlnet
+    assert _value(controlnet, f'{metric_names.RESIDUAL_BYTES_TOTAL}{{role="controlnet"}}') > 0
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def _value(text: str, sample: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(sample + " "))
+    return float(line.split()[-1])
