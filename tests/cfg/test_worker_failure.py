@@ -1,0 +1,86 @@
+"""A lost or failing follower fails the request cleanly; the replica reports it and recovers."""
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from swiftdiffusion.runtime.base_engine import BaseEngine
+from swiftdiffusion.runtime.cfg import BranchFailed, WorkerLost, WorkerSpec
+from swiftdiffusion.runtime.cfg.plugins import LocalControlNets
+from swiftdiffusion.runtime.errors import Unavailable
+from swiftdiffusion.runtime.step_hooks import StepHookFactory, without_loras
+from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+from tests.cfg.fixtures import Replica, start_replica
+from tests.runtime.helpers import params_with
+
+
+class KillFollowerAt:
+    """A leader step hook that SIGKILLs the follower process before a given step."""
+
+    def __init__(self, replica: Replica, step: int) -> None:
+        self.replica, self.step = replica, step
+
+    def before_step(self, step_index: int) -> None:
+        if step_index == self.step:
+            pid = self.replica.parallel.pair.follower_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Nothing to restore."""
+
+
+@pytest.fixture(scope="module")
+def fragile_replica(tiny_model_set: Path, tiny_base_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    """A replica whose follower knows no ControlNets (an empty folder): its branch fails."""
+    empty = tmp_path_factory.mktemp("no-controlnets")
+    spec = WorkerSpec(str(tiny_model_set / "base"), residual_source=LocalControlNets(str(empty)))
+    replica = start_replica(tiny_base_model, spec)
+    yield replica
+    replica.parallel.close()
+
+
+def engine(model, replica: Replica, hooks: StepHookFactory = without_loras, controlnets=None) -> BaseEngine:
+    parallel = replica.parallel
+    source = None if controlnets is None else parallel.residual_source(InProcessResidualSource(controlnets))
+    return BaseEngine(model, source, predictor=parallel.predictor, step_hooks=parallel.step_hooks(hooks))
+
+
+def test_killed_follower_fails_the_request_marks_unhealthy_and_recovers(tiny_base_model, fragile_replica: Replica) -> None:
+    params = params_with(0, steps=4)
+    before = engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
+    first_pid = fragile_replica.parallel.pair.follower_pid
+    reported = len(fragile_replica.health)
+    killer = engine(tiny_base_model, fragile_replica, lambda loras, unet, steps: KillFollowerAt(fragile_replica, 2))
+
+    with pytest.raises(WorkerLost) as failure:
+        killer.generate(params, decode=False)
+    assert isinstance(failure.value, Unavailable)  # UNAVAILABLE at the gRPC edge: clients retry elsewhere
+    assert not fragile_replica.parallel.healthy
+    assert fragile_replica.health[-1] is False
+    with pytest.raises(WorkerLost):  # refused while recovering, before any work
+        engine(tiny_base_model, fragile_replica).generate(params, decode=False)
+
+    assert fragile_replica.parallel.pair.wait_healthy(120)
+    assert fragile_replica.health[reported:] == [False, True]
+    assert fragile_replica.parallel.pair.follower_pid not in (None, first_pid)
+    after = engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
+    assert torch.equal(before, after)
+
+
+def test_failing_follower_branch_fails_the_request_but_keeps_the_replica_serving(
+    tiny_base_model, tiny_controlnet_engine, fragile_replica: Replica
+) -> None:
+    reported = len(fragile_replica.health)
+    with pytest.raises(BranchFailed, match="ControlNet"):
+        engine(tiny_base_model, fragile_replica, controlnets=tiny_controlnet_engine).generate(
+            params_with(1, steps=3), decode=False
+        )
+    assert fragile_replica.parallel.healthy and len(fragile_replica.health) == reported
+    plain = engine(tiny_base_model, fragile_replica).generate(params_with(0, steps=3), decode=False).latents
+    assert torch.equal(plain, engine(tiny_base_model, fragile_replica).generate(params_with(0, steps=3), decode=False).latents)
