@@ -77,5 +77,7 @@ def gpu_nodes(pools: tuple[GpuPool, ...] = DEFAULT_POOLS) -> list[dict[str, Any]
 
 
 def is_ready(node: dict[str, Any]) -> bool:
+    """Ready, and the node lifecycle controller has lifted its not-ready taint."""
     conditions = node.get("status", {}).get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    lifecycle_taints = [t for t in node["spec"].get("taints", []) if t["key"].startswith("node.kubernetes.io/")]
+    return not lifecycle_taints and any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)

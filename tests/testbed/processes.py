@@ -50,7 +50,7 @@ def start(name: str, argv: list[str], state: Path, *, tied_to_parent: bool, env:
         )
     pids = state / "pids"
     pids.mkdir(exist_ok=True)
-    (pids / name).write_text(f"{process.pid} {argv[0]}\n")
+    (pids / name).write_text(f"{process.pid} {os.path.realpath(argv[0])}\n")
     return process.pid
 
 
