@@ -60,3 +60,18 @@ def diffusers_reference(model_set: Path, params: GenerateParams, output_type: st
     pipe.set_progress_bar_config(disable=True)
     out = pipe(**kwargs).images
     return out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+
+
+def metric_value(port: int, name: str, **labels: str) -> float:
+    """One sample from a service's /metrics endpoint (0 if absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0

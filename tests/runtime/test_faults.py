@@ -1,0 +1,136 @@
+"""Bad input and faults: each maps to the right gRPC status, and the base server survives."""
+from __future__ import annotations
+
+import socket
+import time
+
+import grpc
+import pytest
+
+from swiftdiffusion.runtime import metric_names
+from swiftdiffusion.runtime.api import base_pb2_grpc
+from swiftdiffusion.runtime.client import generate, generate_request
+from swiftdiffusion.runtime.config import Defaults
+from swiftdiffusion.runtime.control_image import encode_png
+from swiftdiffusion.runtime.grpc_common import check_health
+from swiftdiffusion.runtime.local_stack import StackOptions, free_port, stack_configs
+from tests.runtime.helpers import control_image, metric_value
+
+GOOD = encode_png(control_image(64))
+
+
+def _status(target: str, timeout: float = 60, **fields) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        generate(target, generate_request("a cube", **fields), timeout=timeout)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"controlnets": [("scribble", GOOD, None)]}, "scribble"),
+        ({"loras": [("pixel-art", 0.8)]}, "pixel-art"),
+    ],
+)
+def test_unknown_model_names_are_not_found(tiny_stack, fields, named) -> None:
+    error = _status(tiny_stack.base.target, **fields)
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert named in error.details()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field_name"),
+    [
+        ({"controlnets": [("canny", b"not an image", None)]}, "controlnets[0].image"),
+        ({"controlnets": [("canny", encode_png(control_image(128)), None)]}, "controlnets[0].image"),
+        ({"width": 100}, "width"),
+        ({"height": 4096}, "height"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 10_000}, "steps"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
+    ],
+)
+def test_bad_fields_are_invalid_argument_naming_the_field(tiny_stack, fields, field_name) -> None:
+    error = _status(tiny_stack.base.target, **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(field_name)
+
+
+@pytest.fixture
+def base_server_to(tiny_model_set):
+    """An in-process base server whose ControlNet service is at a given target."""
+    from swiftdiffusion.runtime.base_server import start_base_server
+
+    started = []
+
+    def start(controlnet_target: str):
+        base, _ = stack_configs(
+            StackOptions(tiny_model_set, base_port=free_port(), base_metrics_port=free_port(),
+                         defaults=Defaults(steps=3, width=64, height=64))
+        )
+        config = base.model_copy(update={"base": base.base.model_copy(update={"controlnet_service": controlnet_target})})
+        running = start_base_server(config)
+        started.append(running)
+        return f"127.0.0.1:{running.port}"
+
+    yield start
+    for running in started:
+        running.stop(grace=0)
+
+
+@pytest.fixture
+def black_hole():
+    """A TCP port that accepts connections and never answers: a hung ControlNet service."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _assert_still_serving(target: str) -> None:
+    assert check_health(target)
+    reply = generate(target, generate_request("still here", seed=1), timeout=60)
+    assert reply.png.startswith(b"\x89PNG")
+
+
+def test_unreachable_controlnet_service_is_unavailable_and_base_stays_healthy(base_server_to) -> None:
+    target = base_server_to(f"127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    error = _status(target, timeout=10, controlnets=[("canny", GOOD, None)])
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 10
+    _assert_still_serving(target)
+
+
+def test_hung_controlnet_service_fails_within_the_deadline(base_server_to, black_hole) -> None:
+    target = base_server_to(black_hole)
+    started = time.monotonic()
+    error = _status(target, timeout=3, controlnets=[("canny", GOOD, None)])
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 4
+    _assert_still_serving(target)
+
+
+def test_client_cancel_frees_work_on_both_services(tiny_stack) -> None:
+    request = generate_request(
+        "a long one", steps=150, width=128, height=128,
+        controlnets=[("canny", encode_png(control_image(128)), None), ("depth", encode_png(control_image(128, 1)), None)],
+    )
+    base_port, cn_port = tiny_stack.options.base_metrics_port, tiny_stack.options.controlnet_metrics_port
+    with grpc.insecure_channel(tiny_stack.base.target) as channel:
+        call = base_pb2_grpc.BaseServiceStub(channel).Generate.future(request, timeout=120)
+        _wait_for(lambda: metric_value(cn_port, metric_names.IN_FLIGHT_REQUESTS, role="controlnet") == 1)
+        assert metric_value(base_port, metric_names.IN_FLIGHT_REQUESTS, role="base") == 1
+        call.cancel()
+    _wait_for(lambda: metric_value(base_port, metric_names.IN_FLIGHT_REQUESTS, role="base") == 0)
+    _wait_for(lambda: metric_value(cn_port, metric_names.IN_FLIGHT_REQUESTS, role="controlnet") == 0)
+    assert metric_value(base_port, metric_names.REQUESTS_TOTAL, role="base", code="CANCELLED") >= 1
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
