@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swiftdiffusion.runtime.base_engine import BaseEngine  # noqa: E402
 from swiftdiffusion.runtime.base_model import BaseModel  # noqa: E402
-from swiftdiffusion.runtime.cfg import LatentParallel, StepLayout, WorkerSpec  # noqa: E402
+from swiftdiffusion.runtime.cfg import LatentParallel, ModelRef, StepLayout, WorkerSpec  # noqa: E402
 from swiftdiffusion.runtime.cfg.exchange import BranchExchange, BranchReply, StepCommand  # noqa: E402
 from swiftdiffusion.runtime.cfg.worker import pin  # noqa: E402
 from swiftdiffusion.runtime.requests import GenerateParams  # noqa: E402
@@ -49,7 +49,7 @@ def batched(model: BaseModel, params: GenerateParams, cores: set[int], repeats: 
 
 def two_workers(model: BaseModel, root: Path, params: GenerateParams, repeats: int, exchange: str) -> float:
     pin((0,), 1)
-    parallel = LatentParallel(model.unet, WorkerSpec(str(root / "base"), cores=(1,), exchange=exchange))
+    parallel = LatentParallel(model.unet, WorkerSpec(ModelRef(str(root / "base")), cores=(1,), exchange=exchange))
     parallel.start()
     try:
         engine = BaseEngine(model, predictor=parallel.predictor, step_hooks=parallel.step_hooks(without_loras))

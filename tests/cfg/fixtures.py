@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from swiftdiffusion.runtime.cfg import LatentParallel, WorkerSpec
+from swiftdiffusion.runtime.cfg import LatentParallel, ModelRef, WorkerSpec
 from swiftdiffusion.runtime.cfg.plugins import LocalControlNets, LoraFollowers
 from swiftdiffusion.runtime.lora.store import LoraEntry
 
@@ -40,10 +40,11 @@ def cfg_lora(tmp_path_factory: pytest.TempPathFactory, tiny_base_model) -> LoraE
 @pytest.fixture(scope="session")
 def cfg_replica(tiny_model_set: Path, tiny_base_model, cfg_lora: LoraEntry) -> Iterator[Replica]:
     """Two workers over the socket-pair exchange, with ControlNets and LoRAs on the follower."""
+    base = ModelRef(str(tiny_model_set / "base"))
     spec = WorkerSpec(
-        str(tiny_model_set / "base"),
+        base,
         residual_source=LocalControlNets(str(tiny_model_set / "controlnets")),
-        merge_follower=LoraFollowers(str(tiny_model_set / "base"), [cfg_lora]),
+        merge_follower=LoraFollowers(base, [cfg_lora]),
     )
     replica = start_replica(tiny_base_model, spec)
     yield replica

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from swiftdiffusion.runtime.base_engine import BaseEngine
-from swiftdiffusion.runtime.cfg import WorkerSpec
+from swiftdiffusion.runtime.cfg import ModelRef, WorkerSpec
 from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
 from swiftdiffusion.runtime.step_hooks import without_loras
 from tests.cfg.branches import SequentialCfg
@@ -65,7 +65,7 @@ def test_torch_distributed_exchange_gives_the_same_latents_as_the_socket_pair(
 ) -> None:
     params = params_with(0, steps=3)
     over_pipe = split_engine(tiny_base_model, cfg_replica).generate(params, decode=False).latents
-    gloo = start_replica(tiny_base_model, WorkerSpec(str(tiny_model_set / "base"), exchange="torch"))
+    gloo = start_replica(tiny_base_model, WorkerSpec(ModelRef(str(tiny_model_set / "base")), exchange="torch"))
     try:
         over_gloo = split_engine(tiny_base_model, gloo).generate(params, decode=False).latents
     finally:

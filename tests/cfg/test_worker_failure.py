@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from swiftdiffusion.runtime.base_engine import BaseEngine
-from swiftdiffusion.runtime.cfg import BranchFailed, WorkerLost, WorkerSpec
+from swiftdiffusion.runtime.cfg import BranchFailed, ModelRef, WorkerLost, WorkerSpec
 from swiftdiffusion.runtime.cfg.plugins import LocalControlNets
 from swiftdiffusion.runtime.errors import Unavailable
 from swiftdiffusion.runtime.step_hooks import StepHookFactory, without_loras
@@ -39,7 +39,7 @@ class KillFollowerAt:
 def fragile_replica(tiny_model_set: Path, tiny_base_model, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     """A replica whose follower knows no ControlNets (an empty folder): its branch fails."""
     empty = tmp_path_factory.mktemp("no-controlnets")
-    spec = WorkerSpec(str(tiny_model_set / "base"), residual_source=LocalControlNets(str(empty)))
+    spec = WorkerSpec(ModelRef(str(tiny_model_set / "base")), residual_source=LocalControlNets(str(empty)))
     replica = start_replica(tiny_base_model, spec)
     yield replica
     replica.parallel.close()

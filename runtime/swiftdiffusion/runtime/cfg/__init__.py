@@ -7,13 +7,14 @@ owns the follower process and the replica's health; the per-step traffic goes th
 from swiftdiffusion.runtime.cfg.exchange import BranchExchange, StepLayout, WorkerLost
 from swiftdiffusion.runtime.cfg.leader import LatentParallel, ReportsMerges
 from swiftdiffusion.runtime.cfg.pair import BranchFailed, WorkerPair
-from swiftdiffusion.runtime.cfg.worker import BranchRequest, WorkerSpec
+from swiftdiffusion.runtime.cfg.worker import BranchRequest, ModelRef, WorkerSpec
 
 __all__ = [
     "BranchExchange",
     "BranchFailed",
     "BranchRequest",
     "LatentParallel",
+    "ModelRef",
     "ReportsMerges",
     "StepLayout",
     "WorkerLost",

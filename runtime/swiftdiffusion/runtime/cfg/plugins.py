@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from swiftdiffusion.runtime.cfg.worker import MergeFollower
+from swiftdiffusion.runtime.cfg.worker import MergeFollower, ModelRef
 from swiftdiffusion.runtime.lora.loader import LoraLoad, LoraLoader
 from swiftdiffusion.runtime.lora.merge import WeightPatch
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
@@ -69,8 +69,8 @@ class LoraFollowers:
     the leader's. Text encoders are loaded (host memory only) because a LoRA file binds as a
     whole; their merged parts are never used here, the leader encodes the prompt."""
 
-    def __init__(self, model_root: str, entries: Sequence[LoraEntry] = (), model_store: str | None = None) -> None:
-        self.model_root, self.entries, self.model_store = model_root, tuple(entries), model_store
+    def __init__(self, model: ModelRef, entries: Sequence[LoraEntry] = (), model_store: str | None = None) -> None:
+        self.model, self.entries, self.model_store = model, tuple(entries), model_store
         self._built: tuple[LoraStore, LoraLoader] | None = None
 
     def __getstate__(self) -> dict[str, object]:
@@ -93,10 +93,9 @@ class LoraFollowers:
         if self._built is None:
             from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-            root = Path(self.model_root)
             text_encoders = {
-                "text_encoder": CLIPTextModel.from_pretrained(root / "text_encoder", local_files_only=True),
-                "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(root / "text_encoder_2", local_files_only=True),
+                "text_encoder": self.model.load(CLIPTextModel, "text_encoder"),
+                "text_encoder_2": self.model.load(CLIPTextModelWithProjection, "text_encoder_2"),
             }
             store = LoraStore(self.entries, None if self.model_store is None else Path(self.model_store))
             self._built = (store, LoraLoader(store, text_encoders))

@@ -36,11 +36,26 @@ MergeFollowerFactory = Callable[[Any, torch.nn.Module], MergeFollower]
 
 
 @dataclass(frozen=True)
+class ModelRef:
+    """The base model as `from_pretrained` takes it: a pipeline folder or a model id."""
+
+    model: str
+    revision: str | None = None
+    cache_dir: str | None = None
+
+    def load(self, component: type, subfolder: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        typed = {} if dtype is None else {"dtype": dtype}
+        return component.from_pretrained(
+            self.model, subfolder=subfolder, revision=self.revision, cache_dir=self.cache_dir, **typed
+        )
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     """How to start the follower: which model, where, on which cores, over which exchange.
     The factories must be picklable (module-level callables): they travel to the process."""
 
-    model_root: str  # a diffusers pipeline folder with a unet/ subfolder
+    model: ModelRef
     device: str = "cpu"
     dtype: str = "float32"
     cores: tuple[int, ...] | None = None  # CPU affinity (one core per worker on CPU)
@@ -71,9 +86,7 @@ def pin(cores: tuple[int, ...] | None, threads: int) -> None:
 def load_unet(spec: WorkerSpec) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(
-        spec.model_root, subfolder="unet", torch_dtype=getattr(torch, spec.dtype), local_files_only=True
-    )
+    unet = spec.model.load(UNet2DConditionModel, "unet", getattr(torch, spec.dtype))
     return unet.to(spec.device).eval().requires_grad_(False)
 
 

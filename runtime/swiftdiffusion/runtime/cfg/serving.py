@@ -1,0 +1,107 @@
+"""`serve-base` with `base.latentParallelism: true`: the pod's second CFG worker.
+
+The pod gets two devices (two GPUs; on CPU, the pod's cores split in two). This process
+keeps the first and serves gRPC as the leader; the follower process gets the second,
+its own replica of the base UNet, its own ControlNet client (the same ControlNet service,
+asked for the unconditional branch only) and its own LoRA loader over the same store.
+The follower's state drives the pod's gRPC health: NOT_SERVING while it is being
+restarted, so readiness probes take the pod out of its Service meanwhile.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from swiftdiffusion.runtime.base_model import BaseModel
+from swiftdiffusion.runtime.cfg.leader import LatentParallel
+from swiftdiffusion.runtime.cfg.plugins import LoraFollowers
+from swiftdiffusion.runtime.cfg.worker import ModelRef, WorkerSpec
+from swiftdiffusion.runtime.config import RuntimeConfig
+from swiftdiffusion.runtime.guidance import NoisePredictor
+from swiftdiffusion.runtime.residual_source import ResidualSource
+from swiftdiffusion.runtime.step_hooks import StepHookFactory
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a worker computes: what `residual_source_for` needs of a model."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+
+class ConfiguredControlNets:
+    """The follower's residual source, built from the pod's config exactly as the leader's is."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+
+    def __call__(self, device: torch.device, dtype: torch.dtype) -> ResidualSource:
+        from swiftdiffusion.runtime.base_server import residual_source_for
+        from swiftdiffusion.runtime.metrics import RuntimeMetrics
+
+        source = residual_source_for(self.config, Placement(device, dtype), RuntimeMetrics("base"))  # type: ignore[arg-type]
+        if source is None:
+            raise RuntimeError("no ControlNet service or ControlNets configured")
+        return source
+
+
+def follower_spec(config: RuntimeConfig, model: BaseModel) -> WorkerSpec:
+    """The second worker's device: `cuda:1` beside the leader's `cuda:0`, or on CPU the second
+    half of the pod's cores (the leader keeps the first half; call `split_cores` first)."""
+    from swiftdiffusion.runtime.lora.store import LoraEntry
+    from swiftdiffusion.runtime.model_store import resolve
+
+    base = config.require_base()
+    ref = ModelRef(resolve(base.model, config.model_store), base.revision, config.model_store)
+    store = Path(config.model_store) if config.model_store else None
+    entries = [LoraEntry.from_config(item.model_dump(), store) for item in base.loras]
+    on_gpu = model.device.type == "cuda"
+    cores = None if on_gpu else _halves(config)[1]
+    return WorkerSpec(
+        ref,
+        device="cuda:1" if on_gpu else "cpu",
+        dtype=base.dtype,
+        cores=cores,
+        threads=len(cores) if cores else (config.torch_threads or torch.get_num_threads()),
+        exchange="torch" if on_gpu else "pipe",
+        residual_source=ConfiguredControlNets(config) if base.controlnet_service or config.controlnets else None,
+        merge_follower=LoraFollowers(ref, entries, config.model_store),
+    )
+
+
+def split_cores(config: RuntimeConfig) -> None:
+    """On CPU, keep the first half of the pod's cores for the leader (the follower takes the rest)."""
+    leader, _ = _halves(config)
+    os.sched_setaffinity(0, set(leader))
+    torch.set_num_threads(len(leader))
+
+
+def _halves(config: RuntimeConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    cores = tuple(sorted(config.cpu_affinity or os.sched_getaffinity(0)))
+    if len(cores) < 2:
+        raise ValueError("latentParallelism on CPU needs at least two cores (one per CFG worker)")
+    middle = len(cores) // 2
+    return cores[:middle], cores[middle:]
+
+
+def latent_parallel_parts(
+    config: RuntimeConfig,
+    model: BaseModel,
+    residual_source: ResidualSource | None,
+    step_hooks: StepHookFactory,
+    on_health: Callable[[bool], None],
+) -> tuple[ResidualSource | None, StepHookFactory, NoisePredictor, LatentParallel]:
+    """Start the follower and return the engine's residual source, hook factory and predictor."""
+    if model.device.type == "cuda" and torch.cuda.device_count() < 2:
+        raise RuntimeError("latentParallelism needs two GPUs in the pod")
+    if model.device.type != "cuda":
+        split_cores(config)
+    parallel = LatentParallel(model.unet, follower_spec(config, model), on_health)
+    parallel.start()
+    source = None if residual_source is None else parallel.residual_source(residual_source)
+    return source, parallel.step_hooks(step_hooks), parallel.predictor, parallel
