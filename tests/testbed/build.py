@@ -6,6 +6,7 @@ is a directory lookup and a pin change can never reuse stale binaries.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 HERE = Path(__file__).resolve().parent
 BUILD_FLAGS = ("-trimpath", "-ldflags=-s -w")
@@ -116,17 +118,29 @@ def write_kwok_stages(go: str, out: Path) -> None:
     (out / KWOK_STAGES).write_text("\n---\n".join(stages))
 
 
-def ensure_built(log=sys.stderr) -> Path:
-    """Returns the cached bin directory, building it first when this key has none."""
+def ensure_built(log: TextIO = sys.stderr) -> Path:
+    """Returns the cached bin directory, building it first when this key has none.
+
+    A lock file serialises concurrent cold builds of one key (parallel `make test`s).
+    """
     go = go_command()
     bin_dir = cache_root() / cache_key(go) / "bin"
     if binaries_present(bin_dir):
         return bin_dir
-    staging = bin_dir.with_name(f"bin.partial-{os.getpid()}")
+    bin_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(bin_dir.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binaries_present(bin_dir):
+            _build_into(go, bin_dir, log)
+    return bin_dir
+
+
+def _build_into(go: str, bin_dir: Path, log: TextIO) -> None:
+    staging = bin_dir.with_name("bin.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging.mkdir()
     started = time.monotonic()
-    print(f"testbed: cold build into {bin_dir.parent} (tens of minutes on 2 cores)", file=log, flush=True)
+    print(f"testbed: cold build into {bin_dir.parent} (minutes: see docs/testbed.md)", file=log, flush=True)
     for module in MODULES:
         print(f"testbed: building {module.pinned} {module.version()}", file=log, flush=True)
         build_module(go, module, staging)
@@ -134,4 +148,3 @@ def ensure_built(log=sys.stderr) -> Path:
     shutil.rmtree(bin_dir, ignore_errors=True)
     staging.rename(bin_dir)
     print(f"testbed: built in {time.monotonic() - started:.0f} s", file=log, flush=True)
-    return bin_dir

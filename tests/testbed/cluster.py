@@ -16,11 +16,12 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
-from tests.testbed import build, nodes, processes
+from tests.testbed import build, components, nodes, processes
 from tests.testbed.api import ApiClient
 from tests.testbed.kubeconfig import write_kubeconfig
-from tests.testbed.pki import SERVICE_IP, make_pki
+from tests.testbed.pki import make_pki
 
 DEFAULT_STATE = "/tmp/swiftdiffusion-testbed"
 MARKER = "testbed.json"
@@ -42,7 +43,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise TestBedError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
 
 
@@ -62,10 +63,8 @@ class TestBed:
         return json.loads((self.state / MARKER).read_text())["ports"]
 
     def api(self) -> ApiClient:
-        return ApiClient(
-            f"https://127.0.0.1:{self.ports()['apiserver']}",
-            self.pki / "ca.crt", self.pki / "admin.crt", self.pki / "admin.key",
-        )
+        server = f"https://127.0.0.1:{self.ports()['apiserver']}"
+        return ApiClient(server, self.pki / "ca.crt", self.pki / "admin.crt", self.pki / "admin.key")
 
     def is_up(self) -> bool:
         """All five daemons alive and the apiserver ready."""
@@ -74,7 +73,7 @@ class TestBed:
         alive = processes.running(self.state)
         return all(alive.get(name) for name in COMPONENTS) and self.api().ready()
 
-    def up(self, *, tied_to_parent: bool = False, log=sys.stderr) -> Path:
+    def up(self, *, tied_to_parent: bool = False, log: TextIO = sys.stderr) -> Path:
         """Starts the test bed (or finds it already up) and returns its admin kubeconfig."""
         if self.is_up():
             print(f"testbed: already up in {self.state}", file=log, flush=True)
@@ -84,11 +83,15 @@ class TestBed:
         self._reset_state()
         ports = dict(zip(PORTS, processes.free_ports(len(PORTS)), strict=True))
         (self.state / MARKER).write_text(json.dumps({"ports": ports, "bin": str(bin_dir)}, indent=2))
-        make_pki(self.pki)
         started = time.monotonic()
+        make_pki(self.pki)
+        at = components.Layout(bin_dir, self.state, ports)
+        write_kubeconfig(self.kubeconfig, at.server, self.pki, "admin")
+        for identity in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            write_kubeconfig(at.kubeconfig(identity), at.server, self.pki, identity)
         try:
-            self._start_control_plane(bin_dir, ports, tied_to_parent)
-            self._register_nodes(tied_to_parent, bin_dir)
+            self._start_control_plane(at, tied_to_parent)
+            self._register_nodes()
         except BaseException:
             self.down()
             raise
@@ -117,94 +120,34 @@ class TestBed:
     def _wait(self, name: str, what: str, check: Callable[[], bool], timeout: float) -> None:
         """Waits for `check`, failing fast with the log's tail if `name` died meanwhile."""
         def healthy_or_dead() -> bool:
-            if not processes.running(self.state).get(name):
-                raise TestBedError(f"{name} exited during start-up\n{self.log_tail(name)}")
+            self._check_alive(name)
             return check()
         try:
             wait_for(what, healthy_or_dead, timeout)
-        except TestBedError as error:
-            if "exited" in str(error):
-                raise
+        except TimeoutError as error:
             raise TestBedError(f"{error}\n{self.log_tail(name)}") from None
+
+    def _check_alive(self, name: str) -> None:
+        if not processes.running(self.state).get(name):
+            raise TestBedError(f"{name} exited during start-up\n{self.log_tail(name)}")
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.state / "logs" / f"{name}.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def _start_control_plane(self, bin_dir: Path, ports: dict[str, int], tied: bool) -> None:
-        pki, state = self.pki, self.state
-        etcd_url = f"http://127.0.0.1:{ports['etcd-client']}"
-        peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
-        self._start("etcd", [
-            str(bin_dir / "etcd"), "--name=testbed", f"--data-dir={state / 'etcd-data'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=testbed={peer_url}", "--unsafe-no-fsync=true", "--log-level=warn",
-        ], tied)
-        self._wait("etcd", "etcd health", lambda: _http_ok(f"{etcd_url}/health"), 60)
-
-        server = f"https://127.0.0.1:{ports['apiserver']}"
-        self._start("kube-apiserver", [
-            str(bin_dir / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
-            # Endpoints may not hold loopback addresses, so the `kubernetes` Service keeps none.
-            "--endpoint-reconciler-type=none",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=Node,RBAC",
-            "--enable-admission-plugins=NodeRestriction",
-            "--allow-privileged=true",
-            f"--service-cluster-ip-range={SERVICE_IP.rsplit('.', 1)[0]}.0/24",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
-            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
-            # Aggregation layer: front-proxy CA and the apiserver's own proxy client cert.
-            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
-            "--requestheader-allowed-names=front-proxy-client",
-            "--requestheader-username-headers=X-Remote-User",
-            "--requestheader-group-headers=X-Remote-Group",
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
-            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
-            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-            "--enable-aggregator-routing=true",
-            f"--cert-dir={state / 'certs'}",
-            "--profiling=false",
-        ], tied)
-        write_kubeconfig(self.kubeconfig, server, pki, "admin")
+    def _start_control_plane(self, at: components.Layout, tied: bool) -> None:
+        self._start("etcd", components.etcd(at), tied)
+        self._wait("etcd", "etcd health", lambda: _http_ok(f"{at.etcd_url}/health"), 60)
+        self._start("kube-apiserver", components.kube_apiserver(at), tied)
         self._wait("kube-apiserver", "kube-apiserver /readyz", self.api().ready, 180)
-
-        configs = state / "kubeconfigs"
-        for name in ("kube-controller-manager", "kube-scheduler"):
-            config = write_kubeconfig(configs / f"{name}.kubeconfig", server, pki, name)
-            common = [
-                f"--kubeconfig={config}", f"--authentication-kubeconfig={config}",
-                f"--authorization-kubeconfig={config}", "--bind-address=127.0.0.1",
-                f"--cert-dir={state / 'certs' / name}", "--leader-elect=false",
-            ]
-            port = ports["controller-manager" if name == "kube-controller-manager" else "scheduler"]
-            extra = [
-                f"--service-account-private-key-file={pki / 'sa.key'}",
-                f"--root-ca-file={pki / 'ca.crt'}",
-                "--use-service-account-credentials=true",
-                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-                f"--cluster-signing-key-file={pki / 'ca.key'}",
-                "--cluster-name=swiftdiffusion-testbed",
-            ] if name == "kube-controller-manager" else []
-            self._start(name, [str(bin_dir / name), *common, f"--secure-port={port}", *extra], tied)
-
-    def _register_nodes(self, tied: bool, bin_dir: Path) -> None:
-        config = write_kubeconfig(self.state / "kubeconfigs" / "kwok.kubeconfig", self.api().server, self.pki, "kwok")
+        self._start("kube-controller-manager", components.kube_controller_manager(at), tied)
+        self._start("kube-scheduler", components.kube_scheduler(at), tied)
         home = self.state / "kwok-home"  # kwok also reads ~/.kwok/kwok.yaml: keep it private
         home.mkdir()
-        self._start("kwok", [
-            str(bin_dir / "kwok"), f"--kubeconfig={config}", f"--config={bin_dir / build.KWOK_STAGES}",
-            f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}={nodes.KWOK_ANNOTATION_VALUE}",
-            "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40", "--cidr=10.244.0.1/16",
-        ], tied, env={**os.environ, "HOME": str(home)})
+        self._start("kwok", components.kwok(at), tied, env={**os.environ, "HOME": str(home)})
+
+    def _register_nodes(self) -> None:
         api = self.api()
         wanted = nodes.gpu_nodes()
         for node in wanted:
@@ -217,8 +160,7 @@ class TestBed:
 
         self._wait("kwok", "the fake GPU nodes to be Ready", all_ready, 90)
         for name in COMPONENTS:
-            if not processes.running(self.state).get(name):
-                raise TestBedError(f"{name} exited during start-up\n{self.log_tail(name)}")
+            self._check_alive(name)
 
 
 def _http_ok(url: str) -> bool:
