@@ -65,3 +65,16 @@ def test_both_services_export_the_named_metrics(tiny_stack) -> None:
     assert metric_value(controlnet, metric_names.CONTROLNET_RESIDENT_BYTES, role="controlnet") > 0
     assert metric_value(base, metric_names.MODEL_LOAD_SECONDS + "_count", role="base", kind="base") == 1
 
+
+
+def test_cli_generate_writes_a_png(tiny_stack, tmp_path, capsys) -> None:
+    from swiftdiffusion.runtime.cli import main
+
+    control = tmp_path / "edges.png"
+    control.write_bytes(params_with(1).controlnets[0].image)
+    out = tmp_path / "image.png"
+    code = main(["generate", "a cube", "--target", tiny_stack.base.target, "--out", str(out),
+                 "--controlnet", f"canny={control}@0.7", "--steps", "2"])
+    assert code == 0
+    assert Image.open(out).size == (64, 64)
+    assert "denoise" in capsys.readouterr().out

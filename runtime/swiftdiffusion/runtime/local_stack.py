@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from swiftdiffusion.runtime.config import (
@@ -26,6 +26,11 @@ from swiftdiffusion.runtime.config import (
     dump_config,
 )
 from swiftdiffusion.runtime.grpc_common import check_health
+
+
+def threads_per_service() -> int:
+    """Half the CPUs each: two busy processes with too many threads thrash on a small machine."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def free_port() -> int:
@@ -42,7 +47,7 @@ class StackOptions:
     base_metrics_port: int = 9400
     controlnet_metrics_port: int = 9401
     mode: str = "synchronous"
-    threads: int | None = None
+    threads: int | None = field(default_factory=threads_per_service)
     base_cpus: Sequence[int] | None = None
     controlnet_cpus: Sequence[int] | None = None
     defaults: Defaults = Defaults(steps=20, guidance_scale=5.0, width=256, height=256)
