@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from swiftdiffusion.runtime.cfg.plugins import LocalControlNets
 from swiftdiffusion.runtime.errors import Unavailable
 from swiftdiffusion.runtime.step_hooks import StepHookFactory, without_loras
 from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+from tests.cfg.branches import SequentialCfg
 from tests.cfg.fixtures import Replica, start_replica
 from tests.runtime.helpers import params_with
 
@@ -84,3 +86,20 @@ def test_failing_follower_branch_fails_the_request_but_keeps_the_replica_serving
     assert fragile_replica.parallel.healthy and len(fragile_replica.health) == reported
     plain = engine(tiny_base_model, fragile_replica).generate(params_with(0, steps=3), decode=False).latents
     assert torch.equal(plain, engine(tiny_base_model, fragile_replica).generate(params_with(0, steps=3), decode=False).latents)
+
+
+def test_follower_dying_between_requests_is_noticed_and_replaced(tiny_base_model, fragile_replica: Replica) -> None:
+    pair = fragile_replica.parallel.pair
+    assert pair.wait_healthy(120)
+    reported, first_pid = len(fragile_replica.health), pair.follower_pid
+    assert first_pid is not None
+    os.kill(first_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pair.healthy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pair.healthy  # NOT_SERVING before any request has to fail
+    assert pair.wait_healthy(120)
+    assert fragile_replica.health[reported:] == [False, True] and pair.follower_pid != first_pid
+    params = params_with(0, steps=2)
+    ours = engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
+    assert torch.equal(ours, BaseEngine(tiny_base_model, predictor=SequentialCfg(tiny_base_model.unet)).generate(params, decode=False).latents)

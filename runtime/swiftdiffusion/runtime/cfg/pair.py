@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
@@ -150,6 +150,14 @@ class WorkerPair:
         if status != "ready":
             raise WorkerLost(f"follower did not start: {status}")
         self._exchange = self._open_exchange(data if self.spec.exchange == "pipe" else store, endpoint)
+        threading.Thread(target=self._watch, args=(process,), name="swd-cfg-watch", daemon=True).start()
+
+    def _watch(self, process: multiprocessing.process.BaseProcess) -> None:
+        """Notice a follower that dies between requests (a request in flight notices by itself)."""
+        wait([process.sentinel])
+        with self._lock:
+            if self._process is process and not self._closed:
+                self._lost(WorkerLost(f"follower worker exited with code {process.exitcode}"))
 
     def _open_exchange(self, channel: Any, endpoint: Any) -> BranchExchange:
         alive = self._follower_alive
