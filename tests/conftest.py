@@ -10,6 +10,7 @@ torch.set_num_threads(int(os.environ.get("SWIFTDIFFUSION_TEST_THREADS", "1")))
 pytest_plugins: list[str] = [
     "tests.runtime.fixtures",
     "tests.cfg.fixtures",
+    "tests.lora.fixtures",
     "tests.testbed.fixtures",
     "tests.reconcile.fixtures",
 ]

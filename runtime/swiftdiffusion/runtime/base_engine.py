@@ -96,6 +96,7 @@ class BaseEngine:
 
     def _denoise(self, params, hook, is_cancelled, deadline, timings) -> torch.Tensor:
         model = self.model
+        hook.before_encode()
         with _phase(timings, "text_encode"):
             text = model.encode_text(params.prompt, params.negative_prompt, params.guidance_scale, params.width, params.height)
         start = model.start(params.steps, params.width, params.height, params.seed, text.prompt_embeds.dtype)

@@ -16,19 +16,20 @@ from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
 from swiftdiffusion.runtime.denoise import ControlNetMode
 from swiftdiffusion.runtime.errors import RequestError
 from swiftdiffusion.runtime.grpc_common import mark_serving, status_of
+from swiftdiffusion.runtime.lora.service import bal_step_hooks
 from swiftdiffusion.runtime.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.model_store import controlnet_loader, resolve
 from swiftdiffusion.runtime.requests import GenerateParams, Limits
 from swiftdiffusion.runtime.residual_source import ControlNetUse, ResidualSource
 from swiftdiffusion.runtime.server_process import RunningServer, apply_process_settings, new_grpc_server
-from swiftdiffusion.runtime.step_hooks import LoraUse, StepHookFactory, without_loras
+from swiftdiffusion.runtime.step_hooks import LoraUse, StepHookFactory
 from swiftdiffusion.runtime.transport_grpc import GrpcResidualSource
 from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
 
 
-def lora_step_hooks(config: RuntimeConfig, model: BaseModel) -> StepHookFactory:
-    """The per-request LoRA hook factory. Until a LoRA store is wired in, every LoRA is unknown."""
-    return without_loras
+def lora_step_hooks(config: RuntimeConfig, model: BaseModel, metrics: RuntimeMetrics) -> StepHookFactory:
+    """The per-request LoRA hook factory: BAL over the deployment's LoRA store (runtime/lora)."""
+    return bal_step_hooks(config, model, metrics.registry)
 
 
 def params_from_request(request: base_pb2.GenerateRequest, config: RuntimeConfig) -> GenerateParams:
@@ -143,7 +144,7 @@ def start_base_server(config: RuntimeConfig) -> RunningServer:
     servicer.engine = BaseEngine(
         model,
         residual_source_for(config, model, metrics),
-        step_hooks=lora_step_hooks(config, model),
+        step_hooks=lora_step_hooks(config, model, metrics),
         mode=ControlNetMode(base.controlnet_mode),
         limits=Limits(
             max_width=config.max_width, max_height=config.max_height,

@@ -32,7 +32,7 @@ _CODES: dict[type[RequestError], grpc.StatusCode] = {
 def status_of(error: RequestError) -> grpc.StatusCode:
     if isinstance(error, RemoteStatus):
         return error.code
-    return _CODES.get(type(error), grpc.StatusCode.INTERNAL)
+    return next((_CODES[kind] for kind in type(error).__mro__ if kind in _CODES), grpc.StatusCode.INTERNAL)
 
 
 def error_from_rpc(error: grpc.RpcError) -> RequestError:

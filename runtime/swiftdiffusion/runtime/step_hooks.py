@@ -26,6 +26,8 @@ class LoraUse:
 
 
 class StepHook(Protocol):
+    def before_encode(self) -> None: ...  # on the worker, before the prompt is encoded (text-encoder LoRAs)
+
     def before_step(self, step_index: int) -> None: ...
 
     def close(self) -> None: ...
@@ -38,6 +40,9 @@ class StepHookFactory(Protocol):
 
 
 class NoStepHook:
+    def before_encode(self) -> None:
+        """No text encoder to patch."""
+
     def before_step(self, step_index: int) -> None:
         """Nothing to do between steps."""
 

@@ -15,9 +15,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import BinaryIO
 
-from swiftdiffusion.runtime.lora.errors import LoraError, LoraFormatError, LoraNotFoundError
+from swiftdiffusion.runtime.lora.errors import LoraError, LoraFormatError, LoraNotFoundError, LoraUnavailableError
 
 _CHUNK = 1 << 20
+_MAX_HEADER = 100 << 20  # safetensors' own limit
 _PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -41,9 +42,9 @@ def _open(source: str, timeout_s: float) -> BinaryIO:
         except urllib.error.HTTPError as error:
             if error.code == 404:
                 raise LoraNotFoundError(f"{source}: not found (HTTP 404)") from error
-            raise LoraError(f"{source}: HTTP {error.code}") from error
+            raise LoraUnavailableError(f"{source}: HTTP {error.code}") from error
         except (urllib.error.URLError, OSError) as error:
-            raise LoraError(f"{source}: cannot fetch: {error}") from error
+            raise LoraUnavailableError(f"{source}: cannot fetch: {error}") from error
     path = Path(source.removeprefix("file://"))
     if not path.is_file():
         raise LoraNotFoundError(f"{source}: no such file")
@@ -67,6 +68,8 @@ def read_keys(source: str, timeout_s: float = 60.0) -> list[str]:
         prefix = stream.read(8)
         try:
             (size,) = struct.unpack("<Q", prefix)
+            if size > _MAX_HEADER:
+                raise ValueError(f"header of {size} bytes")
             header = json.loads(stream.read(size))
         except (struct.error, ValueError) as error:
             raise LoraFormatError(f"{source}: not a safetensors file: {error}") from error
