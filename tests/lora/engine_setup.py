@@ -48,8 +48,8 @@ def bal_engine(model_set: Path, entries: Sequence[LoraEntry], default_k: int = 0
 
 
 def diffusers_with_loras(
-    model_set: Path, loras: Sequence[tuple[Path, float]], from_step: int = 0, **overrides: object
-) -> torch.Tensor:
+    model_set: Path, loras: Sequence[tuple[Path, float]], from_step: int = 0, output_type: str = "latent", **overrides: object
+):
     """diffusers' own run: LoRAs loaded with load_lora_weights and fused (from_step 0), or
     left unfused, disabled, and enabled by a step-end callback before step `from_step`."""
     request = params(**overrides)
@@ -72,5 +72,5 @@ def diffusers_with_loras(
     return pipeline(
         prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
         width=request.width, height=request.height, generator=torch.Generator().manual_seed(request.seed),
-        output_type="latent", callback_on_step_end=callback,
+        output_type=output_type, callback_on_step_end=callback,
     ).images

@@ -102,3 +102,16 @@ def _write_kohya(path: Path, layers: dict[str, dict[str, torch.Tensor]], alpha: 
         if key.endswith(".alpha"):
             kohya[key] = torch.tensor(alpha)
     safetensors.torch.save_file(kohya, str(path), metadata={"format": "pt"})
+
+
+def lora_for_model_set(models: Path, name: str, *, rank: int = 8, seed: int = 0, strength: float = 0.2) -> Path:
+    """`<models>/loras/<name>.safetensors`: a random UNet LoRA for a built model set, written once."""
+    path = Path(models) / "loras" / f"{name}.safetensors"
+    if not path.is_file():
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(models) / "base" / "unet", local_files_only=True)
+        partial = path.with_suffix(".partial")
+        write_random_lora(partial, {"unet": unet}, rank=rank, seed=seed, strength=strength)
+        partial.replace(path)
+    return path
