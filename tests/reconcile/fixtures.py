@@ -100,7 +100,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         command = [sys.executable, "-m", "swiftdiffusion.operator.main", "--namespace", self.namespace,
                    "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz",
-                   "--metrics-port", str(self.metrics_port), "--verbose"]
+                   "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log_path.open("a") as log:
@@ -163,9 +163,15 @@ class Cluster:
     namespace: str
 
     def apply_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply, as `kubectl apply --server-side` or a GitOps tool does."""
         body = {**body, "metadata": {**body["metadata"], "namespace": self.namespace}}
         path = WORKFLOWS.format(ns=self.namespace) + "/" + body["metadata"]["name"]
         return server_side_apply(self.api, path, body)
+
+    def create_workflow(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A plain create, as `kubectl apply` (client-side) or `kubectl create` does for a new object."""
+        body = {**body, "metadata": {**body["metadata"], "namespace": self.namespace}}
+        return kube.request(self.api, "POST", WORKFLOWS.format(ns=self.namespace), body=body)
 
     def workflow(self, name: str) -> dict[str, Any]:
         return kube.request(self.api, "GET", WORKFLOWS.format(ns=self.namespace) + "/" + name)
@@ -176,16 +182,18 @@ class Cluster:
     def get(self, api_version: str, kind: str, name: str) -> dict[str, Any] | None:
         return kube.get(self.api, api_version, kind, self.namespace, name)
 
-    def list(self, api_version: str, kind: str, selector: str = "") -> list[dict[str, Any]]:
+    def list(self, api_version: str, plural: str, selector: str = "") -> list[dict[str, Any]]:
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
         query = {"labelSelector": selector} if selector else None
-        return kube.request(self.api, "GET", kube.collection_path(api_version, kind, self.namespace),
-                            query=query)["items"]
+        return kube.request(self.api, "GET", f"{prefix}/namespaces/{self.namespace}/{plural}", query=query)["items"]
 
     def children(self) -> list[dict[str, Any]]:
+        """Every object the operator owns in the namespace, as `{"ref": "<plural>/<name>", **object}`."""
         selector = "app.kubernetes.io/managed-by=swiftdiffusion-operator"
-        kinds = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"),
-                 ("policy/v1", "PodDisruptionBudget")]
-        return [item for version, kind in kinds for item in self.list(version, kind, selector)]
+        kinds = [("v1", "configmaps"), ("apps/v1", "deployments"), ("v1", "services"),
+                 ("policy/v1", "poddisruptionbudgets")]
+        return [{"ref": f"{plural}/{item['metadata']['name']}", **item}
+                for version, plural in kinds for item in self.list(version, plural, selector)]
 
     def condition(self, name: str, ctype: str = "Ready") -> dict[str, Any]:
         conditions = self.workflow(name).get("status", {}).get("conditions", [])
@@ -204,8 +212,7 @@ class Cluster:
         return eventually(ready, timeout=timeout)
 
     def pods(self, pool: str) -> list[dict[str, Any]]:
-        return kube.request(self.api, "GET", f"/api/v1/namespaces/{self.namespace}/pods",
-                            query={"labelSelector": f"swiftdiffusion.io/pool={pool}"})["items"]
+        return self.list("v1", "pods", f"swiftdiffusion.io/pool={pool}")
 
     def node(self, name: str) -> dict[str, Any]:
         return kube.request(self.api, "GET", f"/api/v1/nodes/{name}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,7 +31,27 @@ def _table(cluster: Cluster, wide: bool = False) -> tuple[list[str], dict[str, l
     return columns, {row["cells"][0]: [row["cells"][i] for i in shown] for row in table["rows"]}
 
 
-def test_examples_become_ready_with_pods_on_allowed_gpu_nodes(operator: OperatorProcess, cluster: Cluster) -> None:
+@pytest.fixture
+def model_volume(cluster: Cluster) -> Iterator[str]:
+    """A pre-bound PersistentVolume + claim `sdxl-models`, as an admin provides the model store."""
+    claim, volume = "sdxl-models", f"{cluster.namespace}-models"
+    kube.request(cluster.api, "POST", "/api/v1/persistentvolumes", body={
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+        "spec": {"capacity": {"storage": "1Ti"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": "/data/models"},
+                 "claimRef": {"namespace": cluster.namespace, "name": claim}}})
+    try:
+        kube.request(cluster.api, "POST", f"/api/v1/namespaces/{cluster.namespace}/persistentvolumeclaims", body={
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": volume,
+                     "resources": {"requests": {"storage": "1Ti"}}}})
+        yield claim
+    finally:
+        kube.request(cluster.api, "DELETE", f"/api/v1/persistentvolumes/{volume}")
+
+
+def test_examples_become_ready_with_pods_on_allowed_gpu_nodes(operator: OperatorProcess, cluster: Cluster,
+                                                              model_volume: str) -> None:
     names = []
     for file in ("sdxl-canny-depth", "sdxl-latent-parallel", "shared-pool"):
         for doc in example(file):
@@ -107,7 +128,7 @@ def test_invalid_workflows_are_rejected_naming_the_field_and_create_nothing(
     for case, (spec, field) in INVALID.items():
         body = _workflow("bad", **spec)
         try:
-            cluster.apply_workflow(body)
+            cluster.create_workflow(body)
         except kube.ApiException as error:
             if error.status != 422 or field not in (error.body or ""):
                 unexpected.append(f"{case}: {error.status} {error.body}")
@@ -116,10 +137,10 @@ def test_invalid_workflows_are_rejected_naming_the_field_and_create_nothing(
             cluster.delete_workflow("bad")
     long_name = _workflow("x" * 51)
     with pytest.raises(kube.ApiException, match="metadata.name"):
-        cluster.apply_workflow(long_name)
+        cluster.create_workflow(long_name)
     assert not unexpected, "\n".join(unexpected)
     settle()
-    assert cluster.list("swiftdiffusion.io/v1alpha1", "T2IWorkflow") == []
+    assert cluster.list("swiftdiffusion.io/v1alpha1", "t2iworkflows") == []
     assert cluster.children() == []
 
 
@@ -179,7 +200,7 @@ def test_spec_update_rolls_the_pools(operator: OperatorProcess, cluster: Cluster
             old_hash, new_hash = old_hash[key], new_hash[key]
         assert old_hash[render.CONFIG_HASH] != new_hash[render.CONFIG_HASH], pool
         assert new["metadata"]["generation"] > old["metadata"]["generation"]
-        assert len(cluster.list("apps/v1", "ReplicaSet", f"swiftdiffusion.io/pool={pool}")) == 2
+        assert len(cluster.list("apps/v1", "replicasets", f"swiftdiffusion.io/pool={pool}")) == 2
     assert "steps: 40" in cluster.get("v1", "ConfigMap", "swd-wf-base")["data"]["config.yaml"]
     assert "conditioningScale: 0.9" in cluster.get("v1", "ConfigMap", "swd-wf-cn")["data"]["config.yaml"]
 
@@ -196,7 +217,7 @@ def test_shared_pool_serves_the_union_and_lives_until_the_last_workflow_is_delet
     for name in ("a", "b"):
         cluster.wait_ready(name)
     wait_until(lambda: _served(cluster) == "canny,depth")
-    deployments = cluster.list("apps/v1", "Deployment", "swiftdiffusion.io/shared-pool=shared")
+    deployments = cluster.list("apps/v1", "deployments", "swiftdiffusion.io/shared-pool=shared")
     assert len(deployments) == 1
     assert {o["name"] for o in deployments[0]["metadata"]["ownerReferences"]} == {"a", "b"}
     assert "swd-cn-shared.{}.svc:50051".format(cluster.namespace) in \
@@ -214,8 +235,9 @@ def test_shared_pool_serves_the_union_and_lives_until_the_last_workflow_is_delet
 
 
 def _snapshot(cluster: Cluster) -> dict[str, str]:
-    objects = cluster.children() + cluster.list("swiftdiffusion.io/v1alpha1", "T2IWorkflow")
-    return {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in objects}
+    workflows = {f"t2iworkflows/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+                 for o in cluster.list("swiftdiffusion.io/v1alpha1", "t2iworkflows")}
+    return {**workflows, **{o["ref"]: o["metadata"]["resourceVersion"] for o in cluster.children()}}
 
 
 def test_operator_restart_creates_no_duplicates_and_writes_nothing(
@@ -227,7 +249,7 @@ def test_operator_restart_creates_no_duplicates_and_writes_nothing(
     settle(3)  # let Deployment status updates and their echo reconciles finish
     operator.stop()
     before = _snapshot(cluster)
-    events_before = len(cluster.list("v1", "Event"))
+    events_before = len(cluster.list("v1", "events"))
 
     operator.start()
     # Every workflow, the shared pool and every child is seen again, and reconciled.
@@ -236,8 +258,8 @@ def test_operator_restart_creates_no_duplicates_and_writes_nothing(
     assert operator.total("swiftdiffusion_operator_reconcile_errors_total") == 0
     assert operator.total("swiftdiffusion_operator_api_writes_total") == 0
     assert _snapshot(cluster) == before
-    assert len(cluster.list("v1", "Event")) == events_before
-    assert len(cluster.list("apps/v1", "Deployment")) == 5  # 3 base pools, 1 dedicated and 1 shared pool
+    assert len(cluster.list("v1", "events")) == events_before
+    assert len(cluster.list("apps/v1", "deployments")) == 5  # 3 base pools, 1 dedicated and 1 shared pool
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
@@ -251,7 +273,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     operator.start()
     for i in range(3):
         cluster.wait_ready(f"wf{i}")
-    names = [f"{o['kind']}/{o['metadata']['name']}" for o in cluster.children()]
+    names = [o["ref"] for o in cluster.children()]
     assert len(names) == len(set(names)) == 3 * 8
 
 

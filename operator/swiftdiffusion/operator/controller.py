@@ -81,10 +81,9 @@ class Controller:
         base = render.base_pool_name(wf.name)
         pools = [PoolObservation("base", base, render.endpoint(base, ns), self._deployment(ns, base))]
         if cn := render.controlnet_pool_name(wf):
-            shared = self._deployment(ns, cn) if wf.shared_pool else None
-            served = _served_controlnets(shared) if shared else tuple(c.name for c in wf.spec.controlnets)
-            pools.append(PoolObservation("controlnet", cn, render.endpoint(cn, ns), self._deployment(ns, cn),
-                                         shared=bool(wf.shared_pool), controlnets=served))
+            deployment = self._deployment(ns, cn)
+            pools.append(PoolObservation("controlnet", cn, render.endpoint(cn, ns), deployment,
+                                         shared=bool(wf.shared_pool), controlnets=_served_controlnets(deployment)))
         return pools
 
     def reconcile_workflow(self, namespace: str, name: str) -> list[Key]:
@@ -146,8 +145,10 @@ class Controller:
         return []
 
 
-def _served_controlnets(deployment: dict[str, Any]) -> tuple[str, ...]:
-    """ControlNet names a shared pool serves, as recorded on its Deployment."""
+def _served_controlnets(deployment: dict[str, Any] | None) -> tuple[str, ...]:
+    """ControlNet names a pool serves, as recorded on its Deployment."""
+    if deployment is None:
+        return ()
     names = deployment["metadata"].get("annotations", {}).get(render.SERVED_CONTROLNETS, "")
     return tuple(n for n in names.split(",") if n)
 

@@ -34,14 +34,15 @@ def _enum(description: str, enum: type, default: str) -> Schema:
 
 def _object(description: str, properties: dict[str, Schema], *, required: list[str] | None = None,
             rules: list[Schema] | None = None, default: bool = True) -> Schema:
-    """An object; `default: {}` makes the API server fill its nested defaults when it is omitted."""
+    """An object; when omitted, the API server fills in its defaults (spelled out in full, because
+    CEL rules are checked against the default as written)."""
     schema: Schema = {"type": "object", "description": description, "properties": properties}
     if required:
         schema["required"] = required
     if rules:
         schema["x-kubernetes-validations"] = rules
     if default and not required:
-        schema["default"] = {}
+        schema["default"] = {key: prop["default"] for key, prop in properties.items() if "default" in prop}
     return schema
 
 
