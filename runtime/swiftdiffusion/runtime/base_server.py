@@ -141,10 +141,16 @@ def start_base_server(config: RuntimeConfig) -> RunningServer:
         resolve(base.model, config.model_store), base.revision, base.dtype, config.model_store, config.device
     )
     metrics.observe_load("base", model.load_seconds)
+    source, hooks, predictor = residual_source_for(config, model, metrics), lora_step_hooks(config, model, metrics), None
+    if base.latent_parallelism:  # the second CFG worker, on the pod's second device (runtime/cfg)
+        from swiftdiffusion.runtime.cfg.serving import latent_parallel_parts
+
+        source, hooks, predictor = latent_parallel_parts(config, model, source, hooks, health)
     servicer.engine = BaseEngine(
         model,
-        residual_source_for(config, model, metrics),
-        step_hooks=lora_step_hooks(config, model, metrics),
+        source,
+        predictor=predictor,
+        step_hooks=hooks,
         mode=ControlNetMode(base.controlnet_mode),
         limits=Limits(
             max_width=config.max_width, max_height=config.max_height,

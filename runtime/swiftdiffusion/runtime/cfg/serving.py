@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import HealthServicer
 
 from swiftdiffusion.runtime.base_model import BaseModel
 from swiftdiffusion.runtime.cfg.leader import LatentParallel
@@ -52,7 +54,7 @@ class ConfiguredControlNets:
 
 def follower_spec(config: RuntimeConfig, model: BaseModel) -> WorkerSpec:
     """The second worker's device: `cuda:1` beside the leader's `cuda:0`, or on CPU the second
-    half of the pod's cores (the leader keeps the first half; call `split_cores` first)."""
+    half of the pod's cores (the leader keeps the first half: `split_cores`, called after)."""
     from swiftdiffusion.runtime.lora.store import LoraEntry
     from swiftdiffusion.runtime.model_store import resolve
 
@@ -89,19 +91,26 @@ def _halves(config: RuntimeConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return cores[:middle], cores[middle:]
 
 
+def grpc_health_reporter(health: HealthServicer) -> Callable[[bool], None]:
+    """The pod's gRPC health (service "") follows the worker pair's health."""
+    statuses = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
+    return lambda serving: health.set("", statuses[serving])
+
+
 def latent_parallel_parts(
     config: RuntimeConfig,
     model: BaseModel,
     residual_source: ResidualSource | None,
     step_hooks: StepHookFactory,
-    on_health: Callable[[bool], None],
-) -> tuple[ResidualSource | None, StepHookFactory, NoisePredictor, LatentParallel]:
-    """Start the follower and return the engine's residual source, hook factory and predictor."""
+    health: HealthServicer,
+) -> tuple[ResidualSource | None, StepHookFactory, NoisePredictor]:
+    """Start the follower; return the engine's residual source, hook factory and predictor."""
     if model.device.type == "cuda" and torch.cuda.device_count() < 2:
         raise RuntimeError("latentParallelism needs two GPUs in the pod")
+    spec = follower_spec(config, model)
     if model.device.type != "cuda":
         split_cores(config)
-    parallel = LatentParallel(model.unet, follower_spec(config, model), on_health)
+    parallel = LatentParallel(model.unet, spec, grpc_health_reporter(health))
     parallel.start()
     source = None if residual_source is None else parallel.residual_source(residual_source)
-    return source, parallel.step_hooks(step_hooks), parallel.predictor, parallel
+    return source, parallel.step_hooks(step_hooks), parallel.predictor
