@@ -78,3 +78,14 @@ def test_cli_generate_writes_a_png(tiny_stack, tmp_path, capsys) -> None:
     assert code == 0
     assert Image.open(out).size == (64, 64)
     assert "denoise" in capsys.readouterr().out
+
+
+def test_controlnet_service_serves_concurrent_base_sessions_exactly(tiny_base_model, grpc_source) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [params_with(1, seed=1), params_with(3, seed=2), params_with(2, seed=3)]
+    alone = [BaseEngine(tiny_base_model, grpc_source).generate(p, decode=False).latents for p in requests]
+    with ThreadPoolExecutor(3) as pool:  # three base engines (as three base servers) at once
+        together = list(pool.map(lambda p: BaseEngine(tiny_base_model, grpc_source).generate(p, decode=False).latents, requests))
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-5)

@@ -87,6 +87,8 @@ def _serve_local(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import grpc
+
     from swiftdiffusion.runtime.client import generate, generate_request
 
     controlnets = []
@@ -100,7 +102,11 @@ def _generate(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance_scale, width=args.width, height=args.height,
         controlnets=controlnets, loras=loras,
     )
-    reply = generate(args.target, request, timeout=args.timeout)
+    try:
+        reply = generate(args.target, request, timeout=args.timeout)
+    except grpc.RpcError as error:
+        print(f"generate failed: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(reply.png)
     print(f"wrote {args.out} ({reply.width}x{reply.height})")

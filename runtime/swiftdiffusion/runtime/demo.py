@@ -18,6 +18,7 @@ from swiftdiffusion.runtime.client import generate, generate_request
 from swiftdiffusion.runtime.config import Defaults, LoraEntry
 from swiftdiffusion.runtime.control_image import encode_png
 from swiftdiffusion.runtime.local_stack import StackOptions, free_port, local_stack
+from swiftdiffusion.runtime.lora.synthetic import lora_for_model_set
 from swiftdiffusion.runtime.model_factory import build_model_set
 
 MODELS = Path(".models/tiny")
@@ -37,8 +38,7 @@ def demo_control_image(size: int = SIZE) -> Image.Image:
 
 def demo_loras(models: Path) -> list[LoraEntry]:
     """LoRAs the demo applies (built offline into the model set)."""
-    print("LoRA: not yet available in this build; the demo runs without one.")
-    return []
+    return [LoraEntry(name="demo-style", source=str(lora_for_model_set(models, "demo-style")), scale=0.8, k=5)]
 
 
 def main() -> int:

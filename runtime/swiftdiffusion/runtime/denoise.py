@@ -76,16 +76,35 @@ def denoise(
         model_input = scheduler.scale_model_input(latents, timestep)
         awaited = None
         if session is not None:
-            current = None
-            if mode is ControlNetMode.SYNCHRONOUS or previous is None or index < steps - 1:
-                current = session.request(index, model_input, timestep)
-            use = current if mode is ControlNetMode.SYNCHRONOUS or previous is None else previous
-            previous = current if current is not None else previous
+            use, previous = _residuals_for_step(session, mode, index, steps, model_input, timestep, previous)
             awaited = _waiter(use, deadline, timings)
         noise = predictor.predict(model_input, timestep, inputs.text, awaited)
         latents = scheduler.step(noise, timestep, latents, **inputs.step_kwargs, return_dict=False)[0]
         timings.step_seconds.append(time.perf_counter() - started)
     return latents
+
+
+def _residuals_for_step(
+    session: ResidualSession,
+    mode: ControlNetMode,
+    index: int,
+    steps: int,
+    model_input: torch.Tensor,
+    timestep: torch.Tensor,
+    previous: Future[Residuals] | None,
+) -> tuple[Future[Residuals], Future[Residuals] | None]:
+    """(the future this step uses, the future the next step may use).
+
+    Synchronous: request this step's residuals and use them. Pipelined: use the previous
+    step's (step 0 has none and waits for its own) and request this step's for the next
+    step, except on the last step, whose request nobody would use.
+    """
+    if mode is ControlNetMode.SYNCHRONOUS or previous is None:
+        current = session.request(index, model_input, timestep)
+        return current, current
+    if index < steps - 1:
+        return previous, session.request(index, model_input, timestep)
+    return previous, None
 
 
 def _waiter(future: Future[Residuals], deadline: float | None, timings: LoopTimings) -> Callable[[], Residuals]:
