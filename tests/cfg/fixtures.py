@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.cfg import LatentParallel, ModelRef, WorkerSpec
 from swiftdiffusion.runtime.cfg.plugins import LocalControlNets, LoraFollowers
 from swiftdiffusion.runtime.lora.store import LoraEntry
+from swiftdiffusion.runtime.step_hooks import StepHookFactory, without_loras
+from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
 
 
 @dataclass
@@ -18,6 +21,13 @@ class Replica:
 
     parallel: LatentParallel
     health: list[bool] = field(default_factory=list)
+
+
+def split_engine(model, replica: Replica, step_hooks: StepHookFactory = without_loras, controlnets=None) -> BaseEngine:
+    """A base engine whose CFG runs on the replica's two workers (the engine's three seams)."""
+    parallel = replica.parallel
+    source = None if controlnets is None else parallel.residual_source(InProcessResidualSource(controlnets))
+    return BaseEngine(model, source, predictor=parallel.predictor, step_hooks=parallel.step_hooks(step_hooks))
 
 
 def start_replica(model, spec: WorkerSpec) -> Replica:

@@ -10,19 +10,12 @@ import torch
 from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.cfg import ModelRef, WorkerSpec
 from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
-from swiftdiffusion.runtime.step_hooks import without_loras
 from tests.cfg.branches import SequentialCfg
-from tests.cfg.fixtures import Replica, start_replica
+from tests.cfg.fixtures import Replica, split_engine, start_replica
 from tests.runtime.helpers import diffusers_reference, params_with
 
 # Batch 2 and two batches of 1 round differently (~1e-5 here, ~1e-6 relative): float tolerance.
 ATOL = 1e-4
-
-
-def split_engine(model, replica: Replica, controlnets=None, step_hooks=without_loras) -> BaseEngine:
-    parallel = replica.parallel
-    source = None if controlnets is None else parallel.residual_source(InProcessResidualSource(controlnets))
-    return BaseEngine(model, source, predictor=parallel.predictor, step_hooks=parallel.step_hooks(step_hooks))
 
 
 def test_two_workers_match_batched_cfg_and_diffusers(tiny_model_set: Path, tiny_base_model, cfg_replica: Replica) -> None:
@@ -45,7 +38,7 @@ def test_each_worker_gets_its_own_branch_residuals_and_matches_diffusers_with_tw
     tiny_model_set: Path, tiny_base_model, tiny_controlnet_engine, cfg_replica: Replica
 ) -> None:
     params = params_with(2, steps=3)
-    engine = split_engine(tiny_base_model, cfg_replica, tiny_controlnet_engine)
+    engine = split_engine(tiny_base_model, cfg_replica, controlnets=tiny_controlnet_engine)
     ours = engine.generate(params, decode=False).latents
     source = InProcessResidualSource(tiny_controlnet_engine)
     batched = BaseEngine(tiny_base_model, source).generate(params, decode=False).latents

@@ -13,7 +13,7 @@ from swiftdiffusion.runtime.lora.merge import WeightPatch
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
 from swiftdiffusion.runtime.step_hooks import LoraUse, StepHookFactory, without_loras
 from tests.cfg.branches import SequentialCfg
-from tests.cfg.fixtures import Replica
+from tests.cfg.fixtures import Replica, split_engine
 from tests.runtime.helpers import params_with
 
 ATOL = 1e-4
@@ -45,11 +45,9 @@ def merge_at(entry: LoraEntry, step: int) -> StepHookFactory:
     return lambda loras, unet, steps: MergeAtStep(unet, entry, step) if loras else without_loras(loras, unet, steps)
 
 
-def engine(model, replica: Replica | None, hooks: StepHookFactory) -> BaseEngine:
-    if replica is None:
-        return BaseEngine(model, predictor=SequentialCfg(model.unet), step_hooks=hooks)
-    parallel = replica.parallel
-    return BaseEngine(model, predictor=parallel.predictor, step_hooks=parallel.step_hooks(hooks))
+def one_process(model, hooks: StepHookFactory) -> BaseEngine:
+    """Both branches in this process, each as a batch of one: the two workers' arithmetic."""
+    return BaseEngine(model, predictor=SequentialCfg(model.unet), step_hooks=hooks)
 
 
 def weights(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -61,15 +59,15 @@ def test_follower_merges_the_lora_at_the_step_the_leader_merged_it(
 ) -> None:
     params = params_with(0, steps=4)
     with_lora = params.__class__(**{**params.__dict__, "loras": (LoraUse(cfg_lora.name),)})
-    plain = engine(tiny_base_model, cfg_replica, without_loras).generate(params, decode=False).latents
+    plain = split_engine(tiny_base_model, cfg_replica, without_loras).generate(params, decode=False).latents
     results = {}
     for step in (0, 2):
-        ours = engine(tiny_base_model, cfg_replica, merge_at(cfg_lora, step)).generate(with_lora, decode=False).latents
-        alone = engine(tiny_base_model, None, merge_at(cfg_lora, step)).generate(with_lora, decode=False).latents
+        ours = split_engine(tiny_base_model, cfg_replica, merge_at(cfg_lora, step)).generate(with_lora, decode=False).latents
+        alone = one_process(tiny_base_model, merge_at(cfg_lora, step)).generate(with_lora, decode=False).latents
         assert torch.equal(ours, alone)  # a follower merging one step early or late would differ
         results[step] = ours
     assert (results[0] - results[2]).abs().max() > 1e-3 and (results[2] - plain).abs().max() > 1e-3
-    after = engine(tiny_base_model, cfg_replica, without_loras).generate(params, decode=False).latents
+    after = split_engine(tiny_base_model, cfg_replica, without_loras).generate(params, decode=False).latents
     assert torch.equal(after, plain)  # both workers restored their base weights exactly
 
 
@@ -83,9 +81,9 @@ def test_two_workers_with_bal_match_one_worker_with_bal(tiny_base_model, cfg_rep
     original = weights(tiny_base_model.unet)
     params = params_with(0, steps=3)
     with_lora = params.__class__(**{**params.__dict__, "loras": (LoraUse(cfg_lora.name),)})
-    ours = engine(tiny_base_model, cfg_replica, bal()).generate(with_lora, decode=False).latents
+    ours = split_engine(tiny_base_model, cfg_replica, bal()).generate(with_lora, decode=False).latents
     batched = BaseEngine(tiny_base_model, step_hooks=bal()).generate(with_lora, decode=False).latents
-    alone = engine(tiny_base_model, None, bal()).generate(with_lora, decode=False).latents
+    alone = one_process(tiny_base_model, bal()).generate(with_lora, decode=False).latents
     assert torch.equal(ours, alone)
     np.testing.assert_allclose(ours.numpy(), batched.numpy(), rtol=0, atol=ATOL)
     assert all(torch.equal(tensor, original[name]) for name, tensor in tiny_base_model.unet.state_dict().items())

@@ -14,10 +14,8 @@ from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.cfg import BranchFailed, ModelRef, WorkerLost, WorkerSpec
 from swiftdiffusion.runtime.cfg.plugins import LocalControlNets
 from swiftdiffusion.runtime.errors import Unavailable
-from swiftdiffusion.runtime.step_hooks import StepHookFactory, without_loras
-from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
 from tests.cfg.branches import SequentialCfg
-from tests.cfg.fixtures import Replica, start_replica
+from tests.cfg.fixtures import Replica, split_engine, start_replica
 from tests.runtime.helpers import params_with
 
 
@@ -26,6 +24,9 @@ class KillFollowerAt:
 
     def __init__(self, replica: Replica, step: int) -> None:
         self.replica, self.step = replica, step
+
+    def before_encode(self) -> None:
+        """No LoRA to merge."""
 
     def before_step(self, step_index: int) -> None:
         if step_index == self.step:
@@ -47,18 +48,12 @@ def fragile_replica(tiny_model_set: Path, tiny_base_model, tmp_path_factory: pyt
     replica.parallel.close()
 
 
-def engine(model, replica: Replica, hooks: StepHookFactory = without_loras, controlnets=None) -> BaseEngine:
-    parallel = replica.parallel
-    source = None if controlnets is None else parallel.residual_source(InProcessResidualSource(controlnets))
-    return BaseEngine(model, source, predictor=parallel.predictor, step_hooks=parallel.step_hooks(hooks))
-
-
 def test_killed_follower_fails_the_request_marks_unhealthy_and_recovers(tiny_base_model, fragile_replica: Replica) -> None:
     params = params_with(0, steps=4)
-    before = engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
+    before = split_engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
     first_pid = fragile_replica.parallel.pair.follower_pid
     reported = len(fragile_replica.health)
-    killer = engine(tiny_base_model, fragile_replica, lambda loras, unet, steps: KillFollowerAt(fragile_replica, 2))
+    killer = split_engine(tiny_base_model, fragile_replica, lambda loras, unet, steps: KillFollowerAt(fragile_replica, 2))
 
     with pytest.raises(WorkerLost) as failure:
         killer.generate(params, decode=False)
@@ -66,12 +61,12 @@ def test_killed_follower_fails_the_request_marks_unhealthy_and_recovers(tiny_bas
     assert not fragile_replica.parallel.healthy
     assert fragile_replica.health[-1] is False
     with pytest.raises(WorkerLost):  # refused while recovering, before any work
-        engine(tiny_base_model, fragile_replica).generate(params, decode=False)
+        split_engine(tiny_base_model, fragile_replica).generate(params, decode=False)
 
     assert fragile_replica.parallel.pair.wait_healthy(120)
     assert fragile_replica.health[reported:] == [False, True]
     assert fragile_replica.parallel.pair.follower_pid not in (None, first_pid)
-    after = engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
+    after = split_engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
     assert torch.equal(before, after)
 
 
@@ -80,12 +75,12 @@ def test_failing_follower_branch_fails_the_request_but_keeps_the_replica_serving
 ) -> None:
     reported = len(fragile_replica.health)
     with pytest.raises(BranchFailed, match="ControlNet"):
-        engine(tiny_base_model, fragile_replica, controlnets=tiny_controlnet_engine).generate(
+        split_engine(tiny_base_model, fragile_replica, controlnets=tiny_controlnet_engine).generate(
             params_with(1, steps=3), decode=False
         )
     assert fragile_replica.parallel.healthy and len(fragile_replica.health) == reported
-    plain = engine(tiny_base_model, fragile_replica).generate(params_with(0, steps=3), decode=False).latents
-    assert torch.equal(plain, engine(tiny_base_model, fragile_replica).generate(params_with(0, steps=3), decode=False).latents)
+    plain = split_engine(tiny_base_model, fragile_replica).generate(params_with(0, steps=3), decode=False).latents
+    assert torch.equal(plain, split_engine(tiny_base_model, fragile_replica).generate(params_with(0, steps=3), decode=False).latents)
 
 
 def test_follower_dying_between_requests_is_noticed_and_replaced(tiny_base_model, fragile_replica: Replica) -> None:
@@ -101,5 +96,5 @@ def test_follower_dying_between_requests_is_noticed_and_replaced(tiny_base_model
     assert pair.wait_healthy(120)
     assert fragile_replica.health[reported:] == [False, True] and pair.follower_pid != first_pid
     params = params_with(0, steps=2)
-    ours = engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
+    ours = split_engine(tiny_base_model, fragile_replica).generate(params, decode=False).latents
     assert torch.equal(ours, BaseEngine(tiny_base_model, predictor=SequentialCfg(tiny_base_model.unet)).generate(params, decode=False).latents)

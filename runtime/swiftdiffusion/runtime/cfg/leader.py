@@ -78,9 +78,7 @@ class SplitRequest:
 
     def before_encode(self) -> None:
         """BAL merges LoRAs with text-encoder parts here; the follower learns of them at step 0."""
-        before_encode = getattr(self._inner, "before_encode", None)
-        if before_encode is not None:
-            before_encode()
+        self._inner.before_encode()
 
     def open_session(self, text: TextConditioning, model_input: torch.Tensor, timestep: torch.Tensor) -> PairSession:
         """Start the follower's side of this request (at step 0, when shapes are known)."""

@@ -79,7 +79,6 @@ class WorkerPair:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._control: Connection | None = None
         self._exchange: BranchExchange | None = None
-        self._restarts = 0
 
     @property
     def healthy(self) -> bool:
@@ -88,10 +87,6 @@ class WorkerPair:
     @property
     def follower_pid(self) -> int | None:
         return None if self._process is None else self._process.pid
-
-    @property
-    def restarts(self) -> int:
-        return self._restarts
 
     def start(self) -> None:
         with self._lock:
@@ -110,10 +105,9 @@ class WorkerPair:
     @contextmanager
     def session(self, request: BranchRequest) -> Iterator[PairSession]:
         """Run one request; any loss of the follower fails it and triggers recovery."""
-        if not self.healthy:
-            raise WorkerLost("latent-parallel replica is recovering its second worker")
         with self._lock:
-            assert self._control is not None and self._exchange is not None
+            if not self.healthy or self._control is None or self._exchange is None:
+                raise WorkerLost("latent-parallel replica is recovering its second worker")
             try:
                 self._control.send(request)
                 self._exchange.prepare(request.layout)
@@ -127,7 +121,9 @@ class WorkerPair:
                         raise BranchFailed(f"the follower's branch failed: {failure}")
             except (WorkerLost, OSError, EOFError) as error:
                 self._lost(error)
-                raise WorkerLost(str(error)) from error
+                if isinstance(error, WorkerLost):
+                    raise
+                raise WorkerLost(f"follower worker gone: {error!r}") from error
 
     def _spawn(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -199,20 +195,21 @@ class WorkerPair:
             threading.Thread(target=self._recover, name="swd-cfg-recover", daemon=True).start()
 
     def _recover(self) -> None:
+        delay = self._restart_delay_s
         while not self._closed:
-            time.sleep(self._restart_delay_s)
+            time.sleep(delay)
             try:
                 with self._lock:
                     if self._closed:
                         return
                     self._spawn()
-                self._restarts += 1
                 self._set_health(True)
                 return
             except Exception as error:  # keep trying: the replica stays NOT_SERVING meanwhile
                 log.error("restarting the latent-parallel follower failed: %s", error)
                 with self._lock:
                     self._teardown(graceful=False)
+                delay = min(2 * delay, 30.0)
 
     def _teardown(self, graceful: bool) -> None:
         if self._control is not None and graceful and self._follower_alive():
@@ -221,7 +218,7 @@ class WorkerPair:
             except OSError:
                 pass
         if self._process is not None:
-            self._process.join(5 if graceful else 0.1)
+            self._process.join(2 if graceful else 0.1)
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join(5)
