@@ -10,6 +10,7 @@ import pytest
 from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.cfg import LatentParallel, ModelRef, WorkerSpec
 from swiftdiffusion.runtime.cfg.plugins import LocalControlNets, LoraFollowers
+from swiftdiffusion.runtime.denoise import ControlNetMode
 from swiftdiffusion.runtime.lora.store import LoraEntry
 from swiftdiffusion.runtime.step_hooks import StepHookFactory, without_loras
 from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
@@ -23,11 +24,18 @@ class Replica:
     health: list[bool] = field(default_factory=list)
 
 
-def split_engine(model, replica: Replica, step_hooks: StepHookFactory = without_loras, controlnets=None) -> BaseEngine:
+def split_engine(
+    model,
+    replica: Replica,
+    step_hooks: StepHookFactory = without_loras,
+    controlnets=None,
+    mode: ControlNetMode = ControlNetMode.SYNCHRONOUS,
+) -> BaseEngine:
     """A base engine whose CFG runs on the replica's two workers (the engine's three seams)."""
     parallel = replica.parallel
     source = None if controlnets is None else parallel.residual_source(InProcessResidualSource(controlnets))
-    return BaseEngine(model, source, predictor=parallel.predictor, step_hooks=parallel.step_hooks(step_hooks))
+    hooks = parallel.step_hooks(step_hooks, mode)
+    return BaseEngine(model, source, predictor=parallel.predictor, step_hooks=hooks, mode=mode)
 
 
 def start_replica(model, spec: WorkerSpec) -> Replica:

@@ -9,6 +9,7 @@ import torch
 
 from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.cfg import ModelRef, WorkerSpec
+from swiftdiffusion.runtime.denoise import ControlNetMode
 from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
 from tests.cfg.branches import SequentialCfg
 from tests.cfg.fixtures import Replica, split_engine, start_replica
@@ -44,6 +45,20 @@ def test_each_worker_gets_its_own_branch_residuals_and_matches_diffusers_with_tw
     batched = BaseEngine(tiny_base_model, source).generate(params, decode=False).latents
     np.testing.assert_allclose(ours.numpy(), batched.numpy(), rtol=0, atol=ATOL)
     np.testing.assert_allclose(ours.numpy(), diffusers_reference(tiny_model_set, params), rtol=0, atol=ATOL)
+
+
+def test_pipelined_controlnet_mode_is_followed_by_both_workers(
+    tiny_base_model, tiny_controlnet_engine, cfg_replica: Replica
+) -> None:
+    params = params_with(1, steps=4)
+    pipelined = ControlNetMode.PIPELINED
+    ours = split_engine(tiny_base_model, cfg_replica, controlnets=tiny_controlnet_engine, mode=pipelined)
+    source = InProcessResidualSource(tiny_controlnet_engine)
+    batched = BaseEngine(tiny_base_model, source, mode=pipelined).generate(params, decode=False).latents
+    synchronous = BaseEngine(tiny_base_model, source).generate(params, decode=False).latents
+    latents = ours.generate(params, decode=False).latents
+    np.testing.assert_allclose(latents.numpy(), batched.numpy(), rtol=0, atol=ATOL)
+    assert (latents - synchronous).abs().max() > 10 * ATOL  # the mode matters, so the check has teeth
 
 
 def test_request_without_guidance_runs_on_the_leader_alone(tiny_base_model, cfg_replica: Replica) -> None:

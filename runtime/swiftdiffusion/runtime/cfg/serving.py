@@ -23,6 +23,7 @@ from swiftdiffusion.runtime.cfg.leader import LatentParallel
 from swiftdiffusion.runtime.cfg.plugins import LoraFollowers
 from swiftdiffusion.runtime.cfg.worker import ModelRef, WorkerSpec
 from swiftdiffusion.runtime.config import RuntimeConfig
+from swiftdiffusion.runtime.denoise import ControlNetMode
 from swiftdiffusion.runtime.guidance import NoisePredictor
 from swiftdiffusion.runtime.residual_source import ResidualSource
 from swiftdiffusion.runtime.step_hooks import StepHookFactory
@@ -113,4 +114,5 @@ def latent_parallel_parts(
     parallel = LatentParallel(model.unet, spec, grpc_health_reporter(health))
     parallel.start()
     source = None if residual_source is None else parallel.residual_source(residual_source)
-    return source, parallel.step_hooks(step_hooks), parallel.predictor
+    mode = ControlNetMode(config.require_base().controlnet_mode)
+    return source, parallel.step_hooks(step_hooks, mode), parallel.predictor

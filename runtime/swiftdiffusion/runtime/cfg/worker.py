@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -19,7 +20,8 @@ import torch
 
 from swiftdiffusion.runtime.cfg.exchange import BranchExchange, BranchReply, StepLayout
 from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.residual_source import ResidualRequest, ResidualSource
+from swiftdiffusion.runtime.residual_source import ResidualRequest, ResidualSession, ResidualSource
+from swiftdiffusion.runtime.residuals import Residuals
 from swiftdiffusion.runtime.unet_split import unet_decode, unet_encode
 
 UNCOND, COND = 0, 1  # diffusers' CFG batch order; the follower computes UNCOND
@@ -74,6 +76,8 @@ class BranchRequest:
     residuals: ResidualRequest | None = None  # opened by the follower, for its branch
     loras: Any = None  # handed to WorkerSpec.merge_follower
     timeout_s: float | None = None
+    pipelined: bool = False  # the ControlNet mode of the leader's loop, which this branch must follow
+    steps: int = 0
 
 
 def pin(cores: tuple[int, ...] | None, threads: int) -> None:
@@ -99,6 +103,25 @@ def branch_noise(
     return unet_decode(unet, encoded, None if residuals is None else residuals.result())
 
 
+class BranchResiduals:
+    """The follower's residual session, scheduled as the denoising loop schedules the leader's:
+    synchronous, step t uses its own residuals; pipelined, step t uses step t-1's (step 0
+    waits for its own) and the last step asks for none."""
+
+    def __init__(self, session: ResidualSession, pipelined: bool, steps: int) -> None:
+        self.session, self._pipelined, self._steps = session, pipelined, steps
+        self._previous: Future[Residuals] | None = None
+
+    def for_step(self, index: int, latent: torch.Tensor, timestep: torch.Tensor) -> Future[Residuals]:
+        current = None
+        if not self._pipelined or self._previous is None or index < self._steps - 1:
+            current = self.session.request(index, latent, timestep)
+        use = current if not self._pipelined or self._previous is None else self._previous
+        self._previous = current if current is not None else self._previous
+        assert use is not None
+        return use
+
+
 class FollowerRuntime:
     """What the follower keeps between requests: its UNet, residual source and factories."""
 
@@ -114,7 +137,7 @@ class FollowerRuntime:
         text = _on(request.text, self.device, self.dtype)
         exchange.prepare(request.layout)
         follower = None
-        session = None
+        residuals = None
         try:
             if request.loras is not None and self.merge_follower is not None:
                 follower = self.merge_follower(request.loras, self.unet)
@@ -122,6 +145,7 @@ class FollowerRuntime:
                 if self.source is None:
                     raise RuntimeError("this worker has no ControlNet residual source")
                 session = self.source.open(request.residuals, request.timeout_s)
+                residuals = BranchResiduals(session, request.pipelined, request.steps)
         except Exception as error:  # set-up failed: fail the first step, keep the protocol in step
             return _fail_next_step(exchange, error)
         try:
@@ -130,7 +154,7 @@ class FollowerRuntime:
                 try:
                     if command.merges and follower is not None:
                         follower.merge(command.merges)
-                    future = None if session is None else session.request(command.index, command.latent, command.timestep)
+                    future = None if residuals is None else residuals.for_step(command.index, command.latent, command.timestep)
                     prediction = branch_noise(self.unet, command.latent, command.timestep, text, future)
                 except Exception as error:  # the branch failed: tell the leader, never guess
                     exchange.send_reply(BranchReply(None))
@@ -138,8 +162,8 @@ class FollowerRuntime:
                 exchange.send_reply(BranchReply(prediction))
             return None
         finally:
-            if session is not None:
-                session.close()
+            if residuals is not None:
+                residuals.session.close()
             if follower is not None:
                 follower.close()
 
@@ -159,6 +183,8 @@ def _on(text: TextConditioning, device: torch.device, dtype: torch.dtype) -> Tex
 def follower_main(spec: WorkerSpec, control: Connection, endpoint: Any) -> None:
     """Process entry point of the follower (rank 1, unconditional branch)."""
     pin(spec.cores, spec.threads)
+    if torch.device(spec.device).type == "cuda":
+        torch.cuda.set_device(torch.device(spec.device))  # NCCL binds the rank to the current device
     runtime = FollowerRuntime(spec)
     control.send(("ready", os.getpid()))
     exchange = open_follower_exchange(spec, endpoint)
