@@ -8,8 +8,10 @@ Reports:
     server-side apply (the usual way to stay level-based, whose PATCHes change nothing);
   * the operator process's peak resident memory with N workflows.
 
-Each workflow has a base pool and a dedicated ControlNet pool (8 children, 2 GPU pods);
-the bench registers enough extra fake H800 nodes for all pods and removes them after.
+Each workflow has a base pool and one ControlNet served by a shared pool (one per 10
+workflows, as ControlNet-as-a-service intends; it also keeps the Services within the
+test bed's /24 service range). The bench registers enough extra fake H800 nodes for all
+pods and removes them after.
 
     .venv/bin/python bench/operator_bench.py --workflows 200          # starts its own test bed
     .venv/bin/python bench/operator_bench.py --kubeconfig ~/.kube/config --workflows 200
@@ -40,14 +42,17 @@ from tests.testbed import nodes  # noqa: E402
 from tests.testbed.waiting import eventually  # noqa: E402
 
 WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
+WORKFLOWS_PER_SHARED_POOL = 10
 OUR_RESOURCES = ("deployments", "services", "configmaps", "poddisruptionbudgets", "t2iworkflows", "events")
 
 
-def workflow(name: str) -> dict[str, Any]:
+def workflow(name: str, index: int) -> dict[str, Any]:
+    """A base pool plus a ControlNet in one of the shared pools (WORKFLOWS_PER_SHARED_POOL each)."""
     return {"apiVersion": f"{m.GROUP}/{m.VERSION}", "kind": m.KIND, "metadata": {"name": name},
             "spec": {"base": {"model": "stabilityai/stable-diffusion-xl-base-1.0"},
-                     "controlnets": [{"name": "canny", "model": "diffusers/controlnet-canny-sdxl-1.0"}],
-                     "loras": [{"name": "pixel-art", "source": "/models/loras/pixel-art.safetensors", "k": 8}]}}
+                     "controlnets": [{"name": f"canny-{index % 3}", "model": "diffusers/controlnet-canny-sdxl-1.0"}],
+                     "loras": [{"name": "pixel-art", "source": "/models/loras/pixel-art.safetensors", "k": 8}],
+                     "controlnetPool": {"sharedPoolName": f"pool-{index // WORKFLOWS_PER_SHARED_POOL}"}}}
 
 
 def apiserver_writes(cluster: Cluster) -> float:
@@ -79,11 +84,11 @@ def ready_count(cluster: Cluster) -> int:
                and wf["status"].get("observedGeneration") == wf["metadata"]["generation"])
 
 
-def apply_all(cluster: Cluster, names: list[str]) -> float:
+def apply_all(cluster: Cluster, names: dict[str, int]) -> float:
     """Applies the workflows at once (8 clients in parallel); returns seconds until all are Ready."""
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda name: cluster.apply_workflow(workflow(name)), names))
+        list(pool.map(lambda item: cluster.apply_workflow(workflow(*item)), names.items()))
     eventually(lambda: ready_count(cluster) >= len(names), timeout=1800, interval=0.5)
     return time.monotonic() - started
 
@@ -101,12 +106,15 @@ def add_gpu_nodes(cluster: Cluster, count: int) -> list[str]:
 def baseline_reapply(cluster: Cluster, names: list[str]) -> tuple[float, int]:
     """The usual level-based loop: server-side apply every child again. Returns (writes, changed objects)."""
     before_writes = apiserver_writes(cluster)
-    before = {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in cluster.children()}
-    for name in names:
-        wf = m.Workflow.from_body(cluster.workflow(name))
-        for manifest in render.render_workflow(wf):
-            kube.apply(cluster.api, manifest)
-    after = {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["resourceVersion"] for o in cluster.children()}
+    before = {o["ref"]: o["metadata"]["resourceVersion"] for o in cluster.children()}
+    workflows = [m.Workflow.from_body(cluster.workflow(name)) for name in names]
+    manifests = [x for wf in workflows for x in render.render_workflow(wf)]
+    pools = sorted({wf.shared_pool for wf in workflows if wf.shared_pool})
+    manifests += [x for pool in pools for x in render.render_shared_pool(pool, [
+        wf for wf in workflows if wf.shared_pool == pool])]
+    for manifest in manifests:
+        kube.apply(cluster.api, manifest)
+    after = {o["ref"]: o["metadata"]["resourceVersion"] for o in cluster.children()}
     return apiserver_writes(cluster) - before_writes, sum(1 for k, v in after.items() if before.get(k) != v)
 
 
@@ -120,20 +128,22 @@ def run(kubeconfig: str, count: int, workdir: pathlib.Path) -> dict[str, Any]:
     server_side_apply(api, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{definition['metadata']['name']}",
                       definition)
     eventually(lambda: kube.request(api, "GET", WORKFLOWS.format(ns=namespace)), timeout=60)
-    extra_nodes = add_gpu_nodes(cluster, math.ceil(2 * (count + 1) / 8))
+    pods = count + 1 + math.ceil(count / WORKFLOWS_PER_SHARED_POOL) + 1
+    extra_nodes = add_gpu_nodes(cluster, math.ceil(pods / 8))
     operator = OperatorProcess(namespace, kubeconfig, workdir / "operator.log").start()
     results: dict[str, Any] = {"workflows": count}
     try:
-        results["seconds_to_ready_1"] = round(apply_all(cluster, ["single"]), 2)
-        names = [f"wf-{i:03d}" for i in range(count)]
-        results[f"seconds_to_ready_{count}"] = round(apply_all(cluster, ["single", *names]), 2)
+        single = {"single": 0}
+        results["seconds_to_ready_1"] = round(apply_all(cluster, single), 2)
+        names = {**single, **{f"wf-{i:03d}": i for i in range(count)}}
+        results[f"seconds_to_ready_{count}"] = round(apply_all(cluster, names), 2)
         results["operator_peak_rss_mib"] = round(peak_rss_mib(operator), 1)
 
         time.sleep(5)  # let Deployment status echoes settle
         operator.stop()
         writes_before = apiserver_writes(cluster)
         operator.start()
-        expected = count + 1
+        expected = count + 1 + math.ceil(count / WORKFLOWS_PER_SHARED_POOL)
         eventually(lambda: operator.total("swiftdiffusion_operator_reconciles_total") >= expected
                    and operator.total("swiftdiffusion_operator_queue_depth") == 0, timeout=600, interval=0.5)
         time.sleep(5)
@@ -144,8 +154,8 @@ def run(kubeconfig: str, count: int, workdir: pathlib.Path) -> dict[str, Any]:
         results["apiserver_writes_during_restart"] = apiserver_writes(cluster) - writes_before
         results["operator_peak_rss_mib_after_restart"] = round(peak_rss_mib(operator), 1)
         operator.stop()
-        writes, changed = baseline_reapply(cluster, ["single", *names])
-        results["baseline_ssa_reapply_writes_per_workflow"] = writes / expected
+        writes, changed = baseline_reapply(cluster, list(names))
+        results["baseline_ssa_reapply_writes_per_reconcile"] = writes / expected
         results["baseline_ssa_reapply_objects_changed"] = changed
     finally:
         operator.stop()

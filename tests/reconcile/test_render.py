@@ -122,3 +122,17 @@ def test_model_store_volume_is_mounted_at_the_configured_path() -> None:
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
     assert {"name": "models", "mountPath": "/weights", "readOnly": True} in pod["containers"][0]["volumeMounts"]
     assert _config(manifests, "-base")["modelStore"] == "/weights"
+
+
+def test_rendered_configs_load_in_the_runtime_without_dropping_a_key() -> None:
+    """The other side of the contract: the runtime's own config model keeps everything we write."""
+    from swiftdiffusion.operator.drift import contains
+    from swiftdiffusion.runtime.config import RuntimeConfig
+
+    wf = workflow(controlnets=[CANNY, DEPTH], loras=[{"name": "pixel", "source": "/m/p.safetensors", "k": 8}],
+                  serving={"latentParallelism": "Enabled", "controlnetMode": "pipelined"}, basePool={"gpus": 2})
+    manifests = render.render_workflow(wf) + render.render_shared_pool("p", [wf])
+    for suffix in ("-base", "-cn", "swd-cn-p"):
+        written = _config(manifests, suffix)
+        loaded = RuntimeConfig.model_validate(written).model_dump(by_alias=True, exclude_none=True)
+        assert contains(written, loaded), suffix

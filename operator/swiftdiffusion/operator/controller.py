@@ -98,11 +98,9 @@ class Controller:
             raise ReconcileError(str(error), transient=False) from error
         try:
             applied = self._ensure_all(render.render_workflow(wf))
-        except ApiException as error:
-            if _is_transient(error):
-                raise
+        except ApiException as error:  # reported in status (once per distinct message), then retried
             self._report(body, previous, self._observe(wf), f"applying children failed: {_describe(error)}")
-            raise ReconcileError(_describe(error), transient=False) from error
+            raise ReconcileError(_describe(error), transient=_is_transient(error)) from error
         if applied:
             log.info("%s/%s: applied %s", namespace, name, ", ".join(applied))
             kube.post_event(self.api, body, reason="Applied", message="applied " + ", ".join(applied))
