@@ -12,6 +12,7 @@ from swiftdiffusion.runtime.lora import profiles
 from swiftdiffusion.runtime.lora.bal import BalHookFactory
 from swiftdiffusion.runtime.lora.errors import LoraFormatError, LoraNotFoundError
 from swiftdiffusion.runtime.lora.formats import bind_lora
+from swiftdiffusion.runtime.lora.merge import WeightPatch
 from swiftdiffusion.runtime.lora.replica_lock import ReplicaWeightsLock
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
 from swiftdiffusion.runtime.step_hooks import LoraUse
@@ -138,3 +139,21 @@ def test_lora_requests_hold_the_weights_alone_while_base_requests_share():
     lock.release(exclusive=False)
     thread.join(timeout=5)
     assert events == ["lora"]
+
+
+def test_merged_weights_equal_diffusers_fused_weights_and_restore_exactly(tiny_model_set, lora_dir):
+    ours, fused = load_pipeline(tiny_model_set), load_pipeline(tiny_model_set)
+    fused.load_lora_weights(str(lora_dir / "te.safetensors"), adapter_name="te")
+    fused.fuse_lora(components=["unet", "text_encoder", "text_encoder_2"], lora_scale=0.7)
+    modules = components(ours, text=True)
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+    patch = WeightPatch()
+    patch.merge(bind_lora((lora_dir / "te.safetensors").read_bytes(), modules), 0.7)
+    for name, module in modules.items():
+        reference = {k.replace(".base_layer", ""): v for k, v in getattr(fused, name).state_dict().items() if "lora_" not in k}
+        merged = module.state_dict()
+        assert all(torch.allclose(merged[k], reference[k], rtol=0, atol=1e-6) for k in merged), name
+        assert any(not torch.equal(merged[k], before[name][k]) for k in merged), name
+    patch.restore()
+    for name, module in modules.items():
+        assert all(torch.equal(v, before[name][k]) for k, v in module.state_dict().items()), name

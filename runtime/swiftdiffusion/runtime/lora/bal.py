@@ -28,7 +28,7 @@ from swiftdiffusion.runtime.lora.loader import LoraLoad, LoraLoader
 from swiftdiffusion.runtime.lora.merge import WeightPatch
 from swiftdiffusion.runtime.lora.metrics import LoraMetrics
 from swiftdiffusion.runtime.lora.replica_lock import ReplicaWeightsLock
-from swiftdiffusion.runtime.lora.store import LoraStore
+from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
 from swiftdiffusion.runtime.step_hooks import LoraUse
 
 
@@ -145,7 +145,7 @@ class BalHookFactory:
             raise
         return hook
 
-    def _bound(self, use: LoraUse, entry, steps: int) -> int:
+    def _bound(self, use: LoraUse, entry: LoraEntry, steps: int) -> int:
         """K: the request's, else the configured one, else the profiled one, else the default."""
         for k in (use.k, entry.k):
             if k is not None:

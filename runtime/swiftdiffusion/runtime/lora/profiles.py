@@ -50,10 +50,10 @@ def read_profiles(source: str, timeout_s: float = 10.0) -> list[KProfile]:
                 text = response.read().decode()
         else:
             text = Path(sidecar.removeprefix("file://")).read_text()
-    except (OSError, urllib.error.URLError):
-        return []
-    entries = json.loads(text).get("profiles", [])
-    return [KProfile(**{**entry, "similarity": tuple(entry["similarity"])}) for entry in entries]
+        entries = json.loads(text).get("profiles", [])
+        return [KProfile(**{**entry, "similarity": tuple(entry["similarity"])}) for entry in entries]
+    except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # no sidecar, or one this version cannot read: K falls back to the default
 
 
 def find_profile(source: str, base_model: str, revision: str, steps: int) -> KProfile | None:

@@ -1,6 +1,6 @@
 """Who may use a replica's base weights at once.
 
-A request that merges a LoRA changes the shared weights in place, so it holds them
+A request that merges a LoRA changes the shared base weights, so it holds them
 alone; requests without LoRAs only read them and may run together. Writers are
 preferred, so a stream of base-only requests cannot starve a LoRA request.
 """
