@@ -43,10 +43,11 @@ def demo_loras(models: Path) -> list[LoraEntry]:
 
 def main() -> int:
     started = time.perf_counter()
-    print(f"model set: {build_model_set(MODELS, 'tiny')} (built offline, fixed seeds)")
-    loras = demo_loras(MODELS)
+    models = build_model_set(MODELS.resolve(), "tiny")
+    print(f"model set: {models} (built offline, fixed seeds)")
+    loras = demo_loras(models)
     options = StackOptions(
-        MODELS,
+        models,
         base_port=free_port(),
         controlnet_port=free_port(),
         base_metrics_port=free_port(),
@@ -70,6 +71,7 @@ def main() -> int:
             reply = generate(stack.base.target, request, timeout=600)
     OUT.write_bytes(reply.png)
     print(f"wrote {OUT.resolve()} ({reply.width}x{reply.height}, control image {OUT.with_name('demo-control.png')})")
+    print(f"  ControlNet canny @ 0.8, LoRA {', '.join(f'{lora.name} @ {lora.scale} (K={lora.k})' for lora in loras) or 'none'}")
     for phase, seconds in reply.timings.items():
         print(f"  {phase:16s} {seconds:7.3f} s")
     print(f"demo finished in {time.perf_counter() - started:.1f} s; services stopped")

@@ -5,6 +5,7 @@ runs exactly the commands the pods run.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -57,6 +58,7 @@ class StackOptions:
 
 def stack_configs(options: StackOptions) -> tuple[RuntimeConfig, RuntimeConfig]:
     """(base, controlnet) configs for a model set built by model_factory."""
+    options = dataclasses.replace(options, model_set=options.model_set.resolve())
     names = sorted(p.name for p in (options.model_set / "controlnets").iterdir())
     controlnets = [ControlNetEntry(name=n, model=str(options.model_set / "controlnets" / n)) for n in names]
     common = dict(
