@@ -8,7 +8,7 @@ Runs in worker threads (the kubernetes client is synchronous).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
@@ -18,6 +18,7 @@ from urllib3.exceptions import HTTPError
 
 from swiftdiffusion.operator import drift, kube, render
 from swiftdiffusion.operator import model as m
+from swiftdiffusion.operator.cache import ChildCache
 from swiftdiffusion.operator.status import PoolObservation, compute_status
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def _describe(error: Exception) -> str:
 @dataclass
 class Controller:
     api: ApiClient
+    cache: ChildCache = field(default_factory=ChildCache)
 
     def reconcile(self, key: Key) -> list[Key]:
         """Reconciles one object; returns further keys to reconcile."""
@@ -61,20 +63,29 @@ class Controller:
         except (ApiException, HTTPError, OSError) as error:
             raise ReconcileError(_describe(error), transient=_is_transient(error)) from error
 
+    def _live(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A child's live state: from the watch-fed cache, else from the API server."""
+        if (cached := self.cache.get(kind, namespace, name)) is not None:
+            return cached
+        live = kube.get(self.api, api_version, kind, namespace, name)
+        if live is not None:
+            self.cache.put(kind, live)
+        return live
+
     def ensure(self, manifest: render.Manifest) -> bool:
         """Applies `manifest` unless the live object already holds all of it; True if it wrote."""
         meta = manifest["metadata"]
-        live = kube.get(self.api, manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        live = self._live(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         if live is not None and drift.contains(manifest, live):
             return False
-        kube.apply(self.api, manifest)
+        self.cache.put(manifest["kind"], kube.apply(self.api, manifest))
         return True
 
     def _ensure_all(self, manifests: list[render.Manifest]) -> list[str]:
         return [f"{mf['kind']}/{mf['metadata']['name']}" for mf in manifests if self.ensure(mf)]
 
     def _deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return kube.get(self.api, "apps/v1", "Deployment", namespace, name)
+        return self._live("apps/v1", "Deployment", namespace, name)
 
     def _observe(self, wf: m.Workflow) -> list[PoolObservation]:
         ns = wf.namespace

@@ -1,8 +1,8 @@
 """Turns watch events into reconcile keys, and runs the workers that reconcile them.
 
 Workflow events queue the workflow (and the shared pool it left, if any); events on
-the children the operator owns queue whatever owns them, so a deleted or hand-edited
-child is put back. A shared pool's events queue the pool and its member workflows,
+the children the operator owns update the child cache and queue whatever owns them, so
+a deleted or hand-edited child is put back. A shared pool's events queue the pool and its member workflows,
 whose status shows the pool's replicas.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from swiftdiffusion.operator import render
+from swiftdiffusion.operator.cache import ChildCache
 from swiftdiffusion.operator.controller import (PERMANENT_RETRY_SECONDS, SHARED_POOL, WORKFLOW, Controller, Key,
                                                 ReconcileError)
 from swiftdiffusion.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
@@ -29,8 +30,9 @@ def _shared_pool(body: dict[str, Any]) -> str | None:
 
 
 class Dispatcher:
-    def __init__(self, queue: WorkQueue) -> None:
+    def __init__(self, queue: WorkQueue, cache: ChildCache) -> None:
         self.queue = queue
+        self.cache = cache
         self._pool_of: dict[tuple[str, str], str | None] = {}
         self._members: dict[tuple[str, str], set[str]] = defaultdict(set)
 
@@ -50,7 +52,11 @@ class Dispatcher:
         self._pool_of[(ns, name)] = new
         self.queue.add((WORKFLOW, ns, name))
 
-    def on_child(self, body: dict[str, Any]) -> None:
+    def on_child(self, event_type: str | None, kind: str, body: dict[str, Any]) -> None:
+        if event_type == "DELETED":
+            self.cache.drop(kind, body)
+        else:
+            self.cache.put(kind, body)
         meta = body["metadata"]
         labels = meta.get("labels") or {}
         ns = meta["namespace"]

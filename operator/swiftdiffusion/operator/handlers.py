@@ -19,6 +19,7 @@ from kubernetes.client import ApiClient
 from prometheus_client import start_http_server
 
 from swiftdiffusion.operator import model as m
+from swiftdiffusion.operator.cache import ChildCache
 from swiftdiffusion.operator.controller import Controller
 from swiftdiffusion.operator.dispatch import Dispatcher, run_worker
 from swiftdiffusion.operator.render import FIELD_MANAGER, MANAGED_BY
@@ -49,9 +50,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     if memo.get("metrics_port"):
         start_http_server(int(memo["metrics_port"]))
     memo.queue = WorkQueue()
-    memo.dispatcher = Dispatcher(memo.queue)
+    cache = ChildCache()
+    memo.dispatcher = Dispatcher(memo.queue, cache)
     memo.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
-    controller = Controller(_api_client())
+    controller = Controller(_api_client(), cache)
     memo.tasks = [asyncio.create_task(run_worker(memo.queue, controller, memo.executor)) for _ in range(workers)]
     logger.info("%s started with %d workers", FIELD_MANAGER, workers)
 
@@ -70,8 +72,9 @@ async def workflow_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo,
     memo.dispatcher.on_workflow(event.get("type"), dict(body))
 
 
-async def child_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    memo.dispatcher.on_child(dict(body))
+async def child_event(event: kopf.RawEvent, body: kopf.Body, resource: kopf.Resource, memo: kopf.Memo,
+                      **_: Any) -> None:
+    memo.dispatcher.on_child(event.get("type"), resource.kind, dict(body))
 
 
 for _group, _version, _plural in CHILDREN:
