@@ -136,19 +136,21 @@ class FollowerRuntime:
         """Serve one request's steps; None when the leader ended it, else why the branch failed."""
         text = _on(request.text, self.device, self.dtype)
         exchange.prepare(request.layout)
-        follower = None
-        residuals = None
+        follower: MergeFollower | None = None
+        residuals: BranchResiduals | None = None
         try:
-            if request.loras is not None and self.merge_follower is not None:
-                follower = self.merge_follower(request.loras, self.unet)
-            if request.residuals is not None:
-                if self.source is None:
-                    raise RuntimeError("this worker has no ControlNet residual source")
-                session = self.source.open(request.residuals, request.timeout_s)
-                residuals = BranchResiduals(session, request.pipelined, request.steps)
-        except Exception as error:  # set-up failed: fail the first step, keep the protocol in step
-            return _fail_next_step(exchange, error)
-        try:
+            try:
+                if request.loras is not None:
+                    if self.merge_follower is None:
+                        raise RuntimeError("this worker has no LoRA loader")
+                    follower = self.merge_follower(request.loras, self.unet)
+                if request.residuals is not None:
+                    if self.source is None:
+                        raise RuntimeError("this worker has no ControlNet residual source")
+                    session = self.source.open(request.residuals, request.timeout_s)
+                    residuals = BranchResiduals(session, request.pipelined, request.steps)
+            except Exception as error:  # set-up failed: fail the first step, keep the protocol in step
+                return _fail_next_step(exchange, error)
             while not (command := exchange.recv_step()).is_end:
                 assert command.latent is not None and command.timestep is not None
                 try:
