@@ -86,11 +86,10 @@ def _decoupled(args: argparse.Namespace, count: int, base_cpu: int, controlnet_c
     from swiftdiffusion.runtime.client import generate, generate_request
     from swiftdiffusion.runtime.config import Defaults
     from swiftdiffusion.runtime.control_image import encode_png
-    from swiftdiffusion.runtime.local_stack import StackOptions, free_port, local_stack
+    from swiftdiffusion.runtime.local_stack import StackOptions, local_stack
 
-    options = StackOptions(
-        args.models, base_port=free_port(), controlnet_port=free_port(), base_metrics_port=free_port(),
-        controlnet_metrics_port=free_port(), threads=1, base_cpus=[base_cpu], controlnet_cpus=[controlnet_cpu],
+    options = StackOptions.on_free_ports(
+        args.models, threads=1, base_cpus=[base_cpu], controlnet_cpus=[controlnet_cpu],
         defaults=Defaults(steps=args.steps, guidance_scale=5.0, width=args.size, height=args.size),
     )
     uses = [(NAMES[i], encode_png(_control_image(args.size, i)), 0.5) for i in range(count)]

@@ -59,14 +59,10 @@ def tiny_controlnet_engine(tiny_model_set: Path):
 def tiny_stack(tiny_model_set: Path, tmp_path_factory: pytest.TempPathFactory):
     """ControlNet and base services as real subprocesses on free ports, one torch thread each."""
     from swiftdiffusion.runtime.config import Defaults
-    from swiftdiffusion.runtime.local_stack import StackOptions, free_port, local_stack
+    from swiftdiffusion.runtime.local_stack import StackOptions, local_stack
 
-    options = StackOptions(
+    options = StackOptions.on_free_ports(
         tiny_model_set,
-        base_port=free_port(),
-        controlnet_port=free_port(),
-        base_metrics_port=free_port(),
-        controlnet_metrics_port=free_port(),
         threads=1,
         defaults=Defaults(steps=3, guidance_scale=5.0, width=64, height=64),
     )

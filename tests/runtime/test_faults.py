@@ -65,10 +65,7 @@ def base_server_to(tiny_model_set):
     started = []
 
     def start(controlnet_target: str):
-        base, _ = stack_configs(
-            StackOptions(tiny_model_set, base_port=free_port(), base_metrics_port=free_port(),
-                         defaults=Defaults(steps=3, width=64, height=64))
-        )
+        base, _ = stack_configs(StackOptions.on_free_ports(tiny_model_set, defaults=Defaults(steps=3, width=64, height=64)))
         config = base.model_copy(update={"base": base.base.model_copy(update={"controlnet_service": controlnet_target})})
         running = start_base_server(config)
         started.append(running)

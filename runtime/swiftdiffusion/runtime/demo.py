@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from swiftdiffusion.runtime.client import generate, generate_request
 from swiftdiffusion.runtime.config import Defaults, LoraEntry
 from swiftdiffusion.runtime.control_image import encode_png
-from swiftdiffusion.runtime.local_stack import StackOptions, free_port, local_stack
+from swiftdiffusion.runtime.local_stack import StackOptions, local_stack
 from swiftdiffusion.runtime.lora.synthetic import lora_for_model_set
 from swiftdiffusion.runtime.model_factory import build_model_set
 
@@ -46,12 +46,8 @@ def main() -> int:
     models = build_model_set(MODELS.resolve(), "tiny")
     print(f"model set: {models} (built offline, fixed seeds)")
     loras = demo_loras(models)
-    options = StackOptions(
+    options = StackOptions.on_free_ports(
         models,
-        base_port=free_port(),
-        controlnet_port=free_port(),
-        base_metrics_port=free_port(),
-        controlnet_metrics_port=free_port(),
         defaults=Defaults(steps=20, guidance_scale=5.0, width=SIZE, height=SIZE),
         loras=loras,
     )

@@ -55,6 +55,12 @@ class StackOptions:
     loras: Sequence[LoraEntry] = ()
     wire_dtype: str = "float32"
 
+    @classmethod
+    def on_free_ports(cls, model_set: Path, **options) -> StackOptions:
+        """Options whose four ports are free now (tests, the demo and benchmarks run side by side)."""
+        ports = ("base_port", "controlnet_port", "base_metrics_port", "controlnet_metrics_port")
+        return cls(model_set, **{name: free_port() for name in ports}, **options)
+
 
 def stack_configs(options: StackOptions) -> tuple[RuntimeConfig, RuntimeConfig]:
     """(base, controlnet) configs for a model set built by model_factory."""
