@@ -89,3 +89,25 @@ def test_controlnet_service_serves_concurrent_base_sessions_exactly(tiny_base_mo
         together = list(pool.map(lambda p: BaseEngine(tiny_base_model, grpc_source).generate(p, decode=False).latents, requests))
     for a, b in zip(alone, together):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=0, atol=1e-5)
+
+
+def test_pipelined_mode_over_grpc_equals_pipelined_in_process(tiny_base_model, tiny_controlnet_engine, grpc_source) -> None:
+    from swiftdiffusion.runtime.denoise import ControlNetMode
+    from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+
+    params = params_with(2, steps=4)
+    local = InProcessResidualSource(tiny_controlnet_engine)
+    expected = BaseEngine(tiny_base_model, local, mode=ControlNetMode.PIPELINED).generate(params, decode=False).latents
+    remote = BaseEngine(tiny_base_model, grpc_source, mode=ControlNetMode.PIPELINED).generate(params, decode=False).latents
+    np.testing.assert_allclose(remote.numpy(), expected.numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("wire", "tolerance"), [("float16", 5e-3), ("bfloat16", 5e-2)])
+def test_half_precision_residuals_on_the_wire_stay_close(tiny_base_model, tiny_stack, wire, tolerance) -> None:
+    exact_source = GrpcResidualSource(tiny_stack.controlnet.target)
+    half_source = GrpcResidualSource(tiny_stack.controlnet.target, wire_dtype=wire)
+    params = params_with(1)
+    exact = BaseEngine(tiny_base_model, exact_source).generate(params, decode=False).latents
+    half = BaseEngine(tiny_base_model, half_source).generate(params, decode=False).latents
+    exact_source.close(), half_source.close()
+    assert 0 < (exact - half).abs().max() < tolerance * exact.abs().max()
