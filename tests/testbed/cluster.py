@@ -34,6 +34,8 @@ OWNED = (MARKER, "kubeconfig", "pki", "etcd-data", "kubeconfigs", "logs", "pids"
 class TestBedError(RuntimeError):
     """The test bed did not come up; the message ends with the failing component's log."""
 
+    __test__ = False  # a name pytest would otherwise try to collect
+
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("SWIFTDIFFUSION_TESTBED_DIR", DEFAULT_STATE))
@@ -49,6 +51,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
 
 @dataclass(frozen=True)
 class TestBed:
+    """One test bed, identified by its state directory."""
+
+    __test__ = False  # a name pytest would otherwise try to collect
     state: Path
 
     @property
