@@ -113,10 +113,21 @@ def add_gpu_nodes(cluster: Cluster, count: int) -> list[str]:
     return created
 
 
+def revisions(cluster: Cluster) -> dict[str, str]:
+    """resourceVersion of every workflow and every child: any write to them changes it."""
+    workflows = {f"t2iworkflows/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+                 for o in cluster.list(f"{m.GROUP}/{m.VERSION}", m.PLURAL)}
+    return {**workflows, **{o["ref"]: o["metadata"]["resourceVersion"] for o in cluster.children()}}
+
+
+def count_changed(before: dict[str, str], after: dict[str, str]) -> int:
+    return sum(1 for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
 def baseline_reapply(cluster: Cluster, names: list[str]) -> tuple[float, int]:
     """The usual level-based loop: server-side apply every child again. Returns (writes, changed objects)."""
     before_writes = apiserver_writes(cluster)
-    before = {o["ref"]: o["metadata"]["resourceVersion"] for o in cluster.children()}
+    before = revisions(cluster)
     workflows = [m.Workflow.from_body(cluster.workflow(name)) for name in names]
     manifests = [x for wf in workflows for x in render.render_workflow(wf)]
     pools = sorted({wf.shared_pool for wf in workflows if wf.shared_pool})
@@ -124,8 +135,7 @@ def baseline_reapply(cluster: Cluster, names: list[str]) -> tuple[float, int]:
         wf for wf in workflows if wf.shared_pool == pool])]
     for manifest in manifests:
         kube.apply(cluster.api, manifest)
-    after = {o["ref"]: o["metadata"]["resourceVersion"] for o in cluster.children()}
-    return apiserver_writes(cluster) - before_writes, sum(1 for k, v in after.items() if before.get(k) != v)
+    return apiserver_writes(cluster) - before_writes, count_changed(before, revisions(cluster))
 
 
 def run(kubeconfig: str, count: int, workdir: pathlib.Path) -> dict[str, Any]:
@@ -151,7 +161,7 @@ def run(kubeconfig: str, count: int, workdir: pathlib.Path) -> dict[str, Any]:
 
         time.sleep(5)  # let Deployment status echoes settle
         operator.stop()
-        writes_before = apiserver_writes(cluster)
+        writes_before, objects_before = apiserver_writes(cluster), revisions(cluster)
         operator.start()
         expected = count + 1 + math.ceil(count / WORKFLOWS_PER_SHARED_POOL)
         eventually(lambda: operator.total("swiftdiffusion_operator_reconciles_total") >= expected
@@ -161,7 +171,8 @@ def run(kubeconfig: str, count: int, workdir: pathlib.Path) -> dict[str, Any]:
         results["restart_reconciles"] = int(reconciles)
         results["operator_writes_per_unchanged_reconcile"] = operator.total(
             "swiftdiffusion_operator_api_writes_total") / reconciles
-        results["apiserver_writes_during_restart"] = apiserver_writes(cluster) - writes_before
+        results["apiserver_writes_during_restart"] = apiserver_writes(cluster) - writes_before  # any client
+        results["objects_changed_during_restart"] = count_changed(objects_before, revisions(cluster))
         results["operator_peak_rss_mib_after_restart"] = round(peak_rss_mib(operator), 1)
         operator.stop()
         writes, changed = baseline_reapply(cluster, list(names))
