@@ -16,7 +16,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from swiftdiffusion.operator import drift, kube, render
+from swiftdiffusion.operator import crd, drift, kube, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.cache import ChildCache
 from swiftdiffusion.operator.status import PoolObservation, compute_status
@@ -132,7 +132,9 @@ class Controller:
 
     def reconcile_shared_pool(self, namespace: str, pool: str) -> list[Key]:
         """Applies the shared ControlNet pool for the workflows that currently name it."""
-        bodies = [b for b in kube.list_workflows(self.api, namespace) if not b["metadata"].get("deletionTimestamp")]
+        selector = f"{crd.SHARED_POOL_FIELD.lstrip('.')}={pool}"  # a selectable field of the CRD
+        bodies = [b for b in kube.list_workflows(self.api, namespace, selector)
+                  if not b["metadata"].get("deletionTimestamp")]
         members = []
         for body in bodies:
             try:

@@ -13,6 +13,7 @@ from swiftdiffusion.operator import model as m
 
 Schema = dict[str, Any]
 DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+SHARED_POOL_FIELD = ".spec.controlnetPool.sharedPoolName"
 MAX_NAME = 50  # leaves room for the "swd-" prefix and pool suffixes within 63 characters
 
 
@@ -312,6 +313,8 @@ def crd() -> dict[str, Any]:
             "versions": [{
                 "name": m.VERSION, "served": True, "storage": True,
                 "subresources": {"status": {}},
+                # Lets the operator (and users) list a shared pool's members server-side.
+                "selectableFields": [{"jsonPath": SHARED_POOL_FIELD}],
                 "additionalPrinterColumns": PRINTER_COLUMNS,
                 "schema": {"openAPIV3Schema": root},
             }],

@@ -52,9 +52,9 @@ def get(api: ApiClient, api_version: str, kind: str, namespace: str, name: str) 
         raise
 
 
-def list_workflows(api: ApiClient, namespace: str) -> list[dict[str, Any]]:
+def list_workflows(api: ApiClient, namespace: str, field_selector: str = "") -> list[dict[str, Any]]:
     path = collection_path(f"{m.GROUP}/{m.VERSION}", m.KIND, namespace)
-    return request(api, "GET", path)["items"]
+    return request(api, "GET", path, query={"fieldSelector": field_selector} if field_selector else None)["items"]
 
 
 def apply(api: ApiClient, manifest: Manifest) -> dict[str, Any]:
