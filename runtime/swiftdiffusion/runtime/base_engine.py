@@ -16,12 +16,12 @@ import torch
 
 from swiftdiffusion.runtime.base_model import BaseModel
 from swiftdiffusion.runtime.denoise import ControlNetMode, LoopInputs, LoopTimings, denoise
-from swiftdiffusion.runtime.errors import DeadlineExceeded
+from swiftdiffusion.runtime.errors import DeadlineExceeded, Unavailable
 from swiftdiffusion.runtime.guidance import BatchedCfg, NoisePredictor
 from swiftdiffusion.runtime.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.requests import GenerateParams, Limits, validate
 from swiftdiffusion.runtime.residual_source import ResidualRequest, ResidualSession, ResidualSource
-from swiftdiffusion.runtime.step_hooks import StepHookFactory, without_loras
+from swiftdiffusion.runtime.step_hooks import StepHook, StepHookFactory, without_loras
 
 
 @dataclass
@@ -94,7 +94,14 @@ class BaseEngine:
         finally:
             self._worker.release()
 
-    def _denoise(self, params, hook, is_cancelled, deadline, timings) -> torch.Tensor:
+    def _denoise(
+        self,
+        params: GenerateParams,
+        hook: StepHook,
+        is_cancelled: Callable[[], bool],
+        deadline: float | None,
+        timings: dict[str, float],
+    ) -> torch.Tensor:
         model = self.model
         hook.before_encode()
         with _phase(timings, "text_encode"):
@@ -129,7 +136,7 @@ class BaseEngine:
 
     def _open(self, request: ResidualRequest, deadline: float | None) -> ResidualSession:
         if self.residual_source is None:
-            raise RuntimeError("this base engine has no ControlNet service configured")
+            raise Unavailable("this base server has no ControlNet service configured")
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self.residual_source.open(request, timeout)
 

@@ -9,7 +9,7 @@ import torch
 
 from swiftdiffusion.runtime.api import base_pb2, base_pb2_grpc
 from swiftdiffusion.runtime.base_engine import BaseEngine
-from swiftdiffusion.runtime.base_model import DTYPES, BaseModel, pick_device, to_png
+from swiftdiffusion.runtime.base_model import DTYPES, BaseModel, to_png
 from swiftdiffusion.runtime.config import RuntimeConfig
 from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
 from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine

@@ -18,7 +18,7 @@ import grpc
 import torch
 
 from swiftdiffusion.runtime.api import controlnet_pb2, controlnet_pb2_grpc
-from swiftdiffusion.runtime.errors import Cancelled, DeadlineExceeded, RequestError
+from swiftdiffusion.runtime.errors import Cancelled, DeadlineExceeded, RequestError, Unavailable
 from swiftdiffusion.runtime.grpc_common import CHANNEL_OPTIONS, error_from_rpc
 from swiftdiffusion.runtime.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.residual_source import ResidualRequest
@@ -105,6 +105,8 @@ class GrpcSession:
             self._fail(Cancelled("ControlNet service ended the session"))
         except grpc.RpcError as error:
             self._fail(error_from_rpc(error))
+        except Exception as error:  # a malformed reply must fail the request, not hang it
+            self._fail(Unavailable(f"bad reply from the ControlNet service: {error!r}"))
 
     def _resolve(self, message: controlnet_pb2.StepResiduals) -> None:
         with self._lock:
