@@ -3,14 +3,16 @@
   no LoRA     the runtime's engine, base weights only
   diffusers   per request: load_lora_weights + fuse_lora, diffusers' pipeline call,
               unfuse_lora + unload_lora_weights (what a diffusers server does per LoRA request)
+              (and diffusers' pipeline call alone, for its own LoRA overhead)
   BAL         the runtime's engine with BAL: the LoRA loads in the background while the
               first steps run, merged as soon as ready (no later than step K), restored after
 
 Each request is timed end to end (text encoding, denoising, VAE decode). The LoRAs are
 random, rank 64 over the mid UNet's attention, feed-forward and projection layers (the
 realistic size for this model), read cold from disk by BAL (no host cache: LoRA
-popularity is flat). Prints median latencies and the ratios; goals: BAL within 10% of
-no LoRA, well below diffusers.
+popularity is flat). Prints median wall latency and process CPU time with their ratios
+(CPU time is the steadier figure on a loaded machine); goals: BAL within 10% of no LoRA,
+well below diffusers.
 
 Reduced run (proves it works):  .venv/bin/python bench/bal_bench.py
 Full run (quiet machine):       .venv/bin/python bench/bal_bench.py --size 512 --steps 30 --repeats 3
@@ -48,6 +50,20 @@ def timed(run) -> float:  # noqa: ANN001 (a no-argument callable)
     return time.perf_counter() - started
 
 
+def wall_and_cpu(run) -> tuple[float, float]:  # noqa: ANN001
+    """Wall seconds, and CPU seconds of this process (all threads): on a loaded machine the
+    CPU time still says how much work a set-up does."""
+    cpu = time.process_time()
+    return timed(run), time.process_time() - cpu
+
+
+def diffusers_call(pipeline, params: GenerateParams) -> None:
+    pipeline(
+        prompt=params.prompt, num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
+        width=params.width, height=params.height, generator=torch.Generator().manual_seed(params.seed),
+    )
+
+
 def diffusers_request(pipeline, files: list[Path], params: GenerateParams) -> None:
     """One LoRA request the way diffusers serves it: load, fuse, generate, unfuse, unload."""
     names = [f"lora{i}" for i in range(len(files))]
@@ -55,10 +71,7 @@ def diffusers_request(pipeline, files: list[Path], params: GenerateParams) -> No
         pipeline.load_lora_weights(str(path), adapter_name=name)
     pipeline.set_adapters(names, adapter_weights=[SCALE] * len(names))
     pipeline.fuse_lora(adapter_names=names)
-    pipeline(
-        prompt=params.prompt, num_inference_steps=params.steps, guidance_scale=params.guidance_scale,
-        width=params.width, height=params.height, generator=torch.Generator().manual_seed(params.seed),
-    )
+    diffusers_call(pipeline, params)
     pipeline.unfuse_lora()
     pipeline.unload_lora_weights()
 
@@ -100,22 +113,25 @@ def main() -> int:
     setups = {
         "no LoRA": lambda: engine.generate(base),
         "diffusers": lambda: diffusers_request(reference, files, base),
+        "diffusers, no LoRA": lambda: diffusers_call(reference, base),
         "BAL": lambda: engine.generate(with_loras),
     }
     megabytes = sum(path.stat().st_size for path in files) / 1e6
     print(f"mid model, {args.size}x{args.size}, {args.steps} steps, {args.threads} threads, "
           f"{args.loras} LoRA(s) of rank {args.rank} ({megabytes:.0f} MB), K={k}, median of {args.repeats}")
     engine.generate(GenerateParams(**{**base.__dict__, "steps": 1}))  # warm-up
-    latencies: dict[str, list[float]] = {name: [] for name in setups}
+    latencies: dict[str, list[tuple[float, float]]] = {name: [] for name in setups}
     for _ in range(args.repeats):
         for name, run in setups.items():  # interleaved, so machine load drifts hit all alike
-            latencies[name].append(timed(run))
-    median = {name: statistics.median(values) for name, values in latencies.items()}
-    for name, seconds in median.items():
-        print(f"  {name:10s} {seconds:8.2f} s   ({seconds / median['no LoRA']:.3f}x no LoRA)")
-    print(f"  BAL / diffusers: {median['BAL'] / median['diffusers']:.3f}; "
-          f"LoRA overhead: BAL {median['BAL'] - median['no LoRA']:+.2f} s, "
-          f"diffusers {median['diffusers'] - median['no LoRA']:+.2f} s")
+            latencies[name].append(wall_and_cpu(run))
+    wall = {name: statistics.median(w for w, _ in values) for name, values in latencies.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in latencies.items()}
+    print(f"  {'':18s} {'wall':>9s} {'ratio':>7s} {'CPU':>9s} {'ratio':>7s}   (ratios to no LoRA)")
+    for name in setups:
+        print(f"  {name:18s} {wall[name]:8.2f}s {wall[name] / wall['no LoRA']:6.3f}x {cpu[name]:8.2f}s {cpu[name] / cpu['no LoRA']:6.3f}x")
+    print(f"  BAL / diffusers: wall {wall['BAL'] / wall['diffusers']:.3f}, CPU {cpu['BAL'] / cpu['diffusers']:.3f}; "
+          f"diffusers' own LoRA overhead: wall {wall['diffusers'] / wall['diffusers, no LoRA']:.3f}x, "
+          f"CPU {cpu['diffusers'] / cpu['diffusers, no LoRA']:.3f}x")
     sample = lambda name: store.metrics.registry.get_sample_value(name, {"role": "base"}) or 0.0  # noqa: E731
     bal_runs = args.repeats * args.loras
     print(f"  BAL: mean merge step {sample(names.LORA_MERGE_STEP + '_sum') / bal_runs:.1f}, "
