@@ -39,8 +39,8 @@ def server_side_apply(api: ApiClient, path: str, body: dict[str, Any], manager: 
 
 
 @pytest.fixture(scope="session")
-def t2i_crd(k8s_client: ApiClient) -> str:
-    """The CRD from crds/ (the checked-in artifact), established, plus the operator's ClusterRole."""
+def t2i_crd(k8s_client: ApiClient) -> Iterator[str]:
+    """The CRD (as generated into crds/), established, plus the operator's ClusterRole."""
     definition = crd.crd()
     name = definition["metadata"]["name"]
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
@@ -54,7 +54,8 @@ def t2i_crd(k8s_client: ApiClient) -> str:
 
     eventually(established, timeout=60)
     eventually(lambda: kube.request(k8s_client, "GET", WORKFLOWS.format(ns="default")), timeout=30)
-    return name
+    yield name
+    kube.request(k8s_client, "DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{TEST_ROLE}")
 
 
 def _free_port() -> int:

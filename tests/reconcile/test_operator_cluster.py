@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from swiftdiffusion.operator import kube, render
+from swiftdiffusion.operator import kube, rbac, render
 from tests.reconcile.fixtures import Cluster, OperatorProcess, settle, wait_until
 from tests.reconcile.workflows import CANNY, DEPTH, example
 
@@ -295,3 +295,23 @@ def test_operator_serves_liveness_and_prometheus_metrics(operator: OperatorProce
     assert operator.total("swiftdiffusion_operator_reconciles_total") >= 1
     assert any(k.startswith("swiftdiffusion_operator_reconcile_duration_seconds_bucket") for k in metrics)
     assert operator.total("swiftdiffusion_operator_api_writes_total") >= 5  # 4 children + status
+
+
+def _allowed(cluster: Cluster, verb: str, group: str, resource: str) -> bool:
+    review = kube.request(cluster.api, "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body={
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": f"system:serviceaccount:{cluster.namespace}:{rbac.NAME}",
+                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{cluster.namespace}"],
+                 "resourceAttributes": {"namespace": cluster.namespace, "verb": verb, "group": group,
+                                        "resource": resource}}})
+    return review["status"].get("allowed", False)
+
+
+def test_operator_service_account_is_least_privilege(operator: OperatorProcess, cluster: Cluster) -> None:
+    """The operator works under the generated rules (every test here runs it so) and they grant no more."""
+    assert _allowed(cluster, "patch", "apps", "deployments")
+    assert _allowed(cluster, "patch", "swiftdiffusion.io", "t2iworkflows/status")
+    for verb, group, resource in (("delete", "apps", "deployments"), ("get", "", "secrets"),
+                                  ("patch", "swiftdiffusion.io", "t2iworkflows"), ("create", "", "pods"),
+                                  ("delete", "swiftdiffusion.io", "t2iworkflows")):
+        assert not _allowed(cluster, verb, group, resource), (verb, group, resource)
