@@ -1,4 +1,5 @@
-"""The profiling command on the tiny model: K lands in the LoRA's sidecar, where the store finds it."""
+"""The profiling command (module and `swiftdiffusion profile-lora`) on the tiny model: K lands
+in the LoRA's sidecar, where the store finds it."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from swiftdiffusion.runtime.lora import profiles
+from swiftdiffusion.runtime.cli import main as cli_main
 from swiftdiffusion.runtime.lora.profile import main
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
 
@@ -24,6 +26,6 @@ def test_profile_command_stores_the_first_step_below_the_threshold(tiny_model_se
     assert profile.k == profiles.first_step_below(list(profile.similarity), 0.99) < 6
     assert LoraStore().profiled_k(LoraEntry("a", str(lora)), model, "main", 6) == profile.k
 
-    assert main([*args, "--threshold", "0"]) == 0  # a second profile replaces only its own entry
+    assert cli_main(["profile-lora", *args, "--threshold", "0"]) == 0  # replaces only its own entry
     (replaced,) = profiles.read_profiles(str(lora))
     assert replaced.k == 6 and Path(printed["sidecar"]) == Path(profiles.sidecar_for(str(lora)))

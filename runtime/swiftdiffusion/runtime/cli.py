@@ -8,6 +8,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from swiftdiffusion.runtime.lora.profile import add_arguments as add_profile_arguments
+from swiftdiffusion.runtime.lora.profile import run as run_profile
+
 DEFAULT_MODELS = Path(".models")
 
 
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--controlnet", action="append", default=[], metavar="NAME=IMAGE[@SCALE]")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME[@SCALE]")
     gen.add_argument("--timeout", type=float, default=600.0)
+    profile = commands.add_parser("profile-lora", help="profile BAL's bound K for a (base model, LoRA) pair")
+    add_profile_arguments(profile)
     build = commands.add_parser("build-models", help="build an SDXL-architecture model set offline")
     build.add_argument("folder", type=Path)
     build.add_argument("--size", choices=("tiny", "mid"), default="tiny")
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve_local,
         "generate": _generate,
         "build-models": _build,
+        "profile-lora": run_profile,
     }[args.command](args)
 
 

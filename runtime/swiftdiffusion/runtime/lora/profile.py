@@ -7,6 +7,9 @@ barely changed the result, so BAL may run those steps without it. The result goe
 the LoRA's sidecar `<lora>.profile.json`, where the store looks it up.
 
     python -m swiftdiffusion.runtime.lora.profile --model MODEL --lora FILE [--steps 30]
+    swiftdiffusion profile-lora --model MODEL --lora FILE [--steps 30]
+
+Importing this module is cheap (the CLI registers its arguments); torch loads on use.
 """
 from __future__ import annotations
 
@@ -16,17 +19,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from swiftdiffusion.runtime.lora import profiles, source
-from swiftdiffusion.runtime.lora.formats import bind_lora
-from swiftdiffusion.runtime.lora.merge import WeightPatch
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_PROMPTS = ("a photo of a cat sitting on a sofa", "a mountain landscape at sunset, oil painting")
 
 
 def latents_per_step(pipeline, prompt: str, steps: int, seed: int, size: tuple[int, int], guidance: float) -> list[torch.Tensor]:
     """The latent after each denoising step, as diffusers' pipeline computes it."""
+    import torch
+
     captured: list[torch.Tensor] = []
 
     def capture(pipe, step_index, timestep, tensors):  # noqa: ANN001 (diffusers' callback signature)
@@ -42,6 +48,8 @@ def latents_per_step(pipeline, prompt: str, steps: int, seed: int, size: tuple[i
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    import torch
+
     return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
 
 
@@ -56,6 +64,9 @@ def similarity_curve(
     guidance: float,
 ) -> list[float]:
     """Per step, the lowest similarity over the prompts of the latents with and without the LoRA."""
+    from swiftdiffusion.runtime.lora.formats import bind_lora
+    from swiftdiffusion.runtime.lora.merge import WeightPatch
+
     components = {"unet": pipeline.unet, "text_encoder": pipeline.text_encoder, "text_encoder_2": pipeline.text_encoder_2}
     deltas = bind_lora(lora, components)
     curve = [1.0] * steps
@@ -71,9 +82,7 @@ def similarity_curve(
     return curve
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m swiftdiffusion.runtime.lora.profile", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="base model id or folder, as written in config.yaml base.model")
     parser.add_argument("--revision", default="main", help="as config.yaml base.revision")
     parser.add_argument("--model-store", help="cache folder for model ids (config.yaml modelStore)")
@@ -89,10 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, help="sidecar to write (default: next to a local LoRA file)")
-    args = parser.parse_args(argv)
-    if args.output is None and source.is_url(args.lora):
-        parser.error("--output is required for a LoRA served over HTTP")
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m swiftdiffusion.runtime.lora.profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Profile, write the sidecar, print the result as JSON."""
+    if args.output is None and source.is_url(args.lora):
+        print("--output is required for a LoRA served over HTTP", file=sys.stderr)
+        return 2
     from swiftdiffusion.runtime.base_model import BaseModel
     from swiftdiffusion.runtime.model_store import resolve
 
