@@ -234,6 +234,21 @@ def test_shared_pool_serves_the_union_and_lives_until_the_last_workflow_is_delet
     wait_until(lambda: cluster.children() == [], timeout=90)
 
 
+def test_pools_a_workflow_stops_using_are_deleted_while_it_lives(operator: OperatorProcess, cluster: Cluster) -> None:
+    cluster.apply_workflow(_workflow("wf", controlnets=[CANNY], controlnetPool={"sharedPoolName": "old"}))
+    cluster.wait_ready("wf")
+    assert cluster.get("apps/v1", "Deployment", "swd-cn-old") is not None
+
+    cluster.apply_workflow(_workflow("wf", controlnets=[CANNY]))  # leaves the shared pool: a dedicated one
+    wait_until(lambda: cluster.get("apps/v1", "Deployment", "swd-wf-cn") is not None)
+    wait_until(lambda: not [c for c in cluster.children() if c["metadata"]["name"] == "swd-cn-old"])
+    assert cluster.wait_ready("wf")["status"]["controlnetPool"]["name"] == "swd-wf-cn"
+
+    cluster.apply_workflow(_workflow("wf"))  # no ControlNets any more
+    wait_until(lambda: {c["metadata"]["name"] for c in cluster.children()} == {"swd-wf-base"})
+    assert "controlnetPool" not in cluster.wait_ready("wf")["status"]
+
+
 def _snapshot(cluster: Cluster) -> dict[str, str]:
     workflows = {f"t2iworkflows/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
                  for o in cluster.list("swiftdiffusion.io/v1alpha1", "t2iworkflows")}
@@ -311,7 +326,7 @@ def test_operator_service_account_is_least_privilege(operator: OperatorProcess, 
     """The operator works under the generated rules (every test here runs it so) and they grant no more."""
     assert _allowed(cluster, "patch", "apps", "deployments")
     assert _allowed(cluster, "patch", "swiftdiffusion.io", "t2iworkflows/status")
-    for verb, group, resource in (("delete", "apps", "deployments"), ("get", "", "secrets"),
+    for verb, group, resource in (("update", "apps", "deployments"), ("get", "", "secrets"),
                                   ("patch", "swiftdiffusion.io", "t2iworkflows"), ("create", "", "pods"),
                                   ("delete", "swiftdiffusion.io", "t2iworkflows")):
         assert not _allowed(cluster, verb, group, resource), (verb, group, resource)

@@ -2,7 +2,8 @@
 
 An informer-style read cache: a reconcile reads children from here instead of one GET
 per child, and falls back to a GET on a miss (e.g. right after a restart, before the
-initial listing has arrived), so a miss can never cause a write. A stale entry can at
+initial listing has arrived), so a miss can never cause a write. Absence is cached too
+(a deletion, or a 404), until an event or an apply shows the object again. A stale entry can at
 worst cause one server-side apply that changes nothing; the watch event that follows
 corrects it. A deletion leaves a tombstone at the deletion's revision, so an older body
 (say, the response of an apply that raced the delete) cannot bring the object back.
@@ -49,8 +50,18 @@ class ChildCache:
         self._store(kind, {"metadata": {k: meta[k] for k in ("namespace", "name", "resourceVersion") if k in meta},
                            TOMBSTONE: True})
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The cached object, or None when unknown or deleted (the caller then asks the API server)."""
+    def absent(self, kind: str, namespace: str, name: str) -> None:
+        """Records a 404: known absent until any event or apply shows the object."""
+        self._store(kind, {"metadata": {"namespace": namespace, "name": name, "resourceVersion": "0"},
+                           TOMBSTONE: True})
+
+    def lookup(self, kind: str, namespace: str, name: str) -> tuple[bool, dict[str, Any] | None]:
+        """(known, object): known is False when the cache has no word on it; object is None if deleted."""
         with self._lock:
             body = self._objects.get((kind, namespace, name))
-        return None if body is None or body.get(TOMBSTONE) else body
+        if body is None:
+            return False, None
+        return True, None if body.get(TOMBSTONE) else body
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.lookup(kind, namespace, name)[1]

@@ -65,12 +65,30 @@ class Controller:
 
     def _live(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A child's live state: from the watch-fed cache, else from the API server."""
-        if (cached := self.cache.get(kind, namespace, name)) is not None:
+        known, cached = self.cache.lookup(kind, namespace, name)
+        if known:
             return cached
         live = kube.get(self.api, api_version, kind, namespace, name)
-        if live is not None:
+        if live is None:
+            self.cache.absent(kind, namespace, name)
+        else:
             self.cache.put(kind, live)
         return live
+
+    def prune(self, namespace: str, pool: str) -> list[str]:
+        """Deletes a pool that is no longer wanted while its owners live on (e.g. the last
+        member left a shared pool, or a workflow dropped its ControlNets); only objects
+        labelled as that pool of ours are touched."""
+        deleted = []
+        for api_version, kind in render.POOL_KINDS:
+            live = self._live(api_version, kind, namespace, pool)
+            labels = (live or {}).get("metadata", {}).get("labels") or {}
+            if live is None or labels.get(render.POOL_LABEL) != pool or not render.is_managed(labels):
+                continue
+            kube.delete(self.api, api_version, kind, namespace, pool)
+            self.cache.drop(kind, live)
+            deleted.append(f"{kind}/{pool}")
+        return deleted
 
     def ensure(self, manifest: render.Manifest) -> bool:
         """Applies `manifest` unless the live object already holds all of it; True if it wrote."""
@@ -109,12 +127,14 @@ class Controller:
             raise ReconcileError(str(error), transient=False) from error
         try:
             applied = self._ensure_all(render.render_workflow(wf))
+            if not (wf.spec.controlnets and not wf.shared_pool):
+                applied += self.prune(namespace, render.dedicated_controlnet_pool_name(wf.name))
         except ApiException as error:  # reported in status (once per distinct message), then retried
             self._report(body, previous, self._observe(wf), f"applying children failed: {_describe(error)}")
             raise ReconcileError(_describe(error), transient=_is_transient(error)) from error
         if applied:
-            log.info("%s/%s: applied %s", namespace, name, ", ".join(applied))
-            kube.post_event(self.api, body, reason="Applied", message="applied " + ", ".join(applied))
+            log.info("%s/%s: changed %s", namespace, name, ", ".join(applied))
+            kube.post_event(self.api, body, reason="Applied", message="changed " + ", ".join(applied))
         self._report(body, previous, self._observe(wf), None)
         return [(SHARED_POOL, namespace, wf.shared_pool)] if wf.shared_pool else []
 
@@ -143,8 +163,11 @@ class Controller:
                 continue  # reported by that workflow's own reconcile
             if wf.shared_pool == pool:
                 members.append(wf)
-        if not members:
-            return []  # the garbage collector removes the pool with its last owner
+        if not members:  # gone with its last owner (garbage collector), or left by it (prune)
+            pruned = self.prune(namespace, render.shared_controlnet_pool_name(pool))
+            if pruned:
+                log.info("%s: shared pool %s has no members left, deleted %s", namespace, pool, ", ".join(pruned))
+            return []
         applied = self._ensure_all(render.render_shared_pool(pool, members))
         if applied:
             leader = render.oldest_first(members)[0]

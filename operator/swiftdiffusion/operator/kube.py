@@ -66,6 +66,17 @@ def apply(api: ApiClient, manifest: Manifest) -> dict[str, Any]:
                    content_type="application/apply-patch+yaml")
 
 
+def delete(api: ApiClient, api_version: str, kind: str, namespace: str, name: str) -> None:
+    """Deletes in the background (dependents such as ReplicaSets go with it); a 404 is fine."""
+    API_WRITES.labels(resource=PLURALS[kind]).inc()
+    try:
+        request(api, "DELETE", object_path(api_version, kind, namespace, name),
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
 def patch_status(api: ApiClient, namespace: str, name: str, status: dict[str, Any]) -> None:
     path = object_path(f"{m.GROUP}/{m.VERSION}", m.KIND, namespace, name) + "/status"
     API_WRITES.labels(resource=f"{m.PLURAL}/status").inc()

@@ -4,8 +4,11 @@ Helm chart are both generated from RULES, and the cluster tests run the operator
 Why each verb: children are applied with server-side apply (`patch`; `create` because an
 apply that creates goes through create admission) and read back (`get`) to skip applies
 that would change nothing; kopf watches (`list`, `watch`) the workflows and the children;
-status is written through its subresource; owner references with blockOwnerDeletion need
-`update` on the workflows' finalizers; events explain what the operator did.
+`delete` removes a pool its owners no longer want (a workflow that drops its ControlNets,
+the last member leaving a shared pool; owner references cover deleted workflows); status is
+written through its subresource; owner references with blockOwnerDeletion need `update` on
+the workflows' finalizers; events explain what the operator did. Workflows themselves are
+read-only to the operator, and it cannot touch Secrets or Pods.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 from swiftdiffusion.operator import model as m
 
 NAME = "swiftdiffusion-operator"
-CHILD_VERBS = ["get", "list", "watch", "create", "patch"]
+CHILD_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 
 RULES: list[dict[str, Any]] = [
     {"apiGroups": [m.GROUP], "resources": [m.PLURAL], "verbs": ["get", "list", "watch"]},

@@ -30,6 +30,11 @@ SHARED_POOL_LABEL = "swiftdiffusion.io/shared-pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
 RUNTIME_UID = 10001  # the runtime image's user (Dockerfile.runtime)
 BASE, CONTROLNET = "base", "controlnet"
+POOL_KINDS = (("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))
+
+
+def is_managed(labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in MANAGED_BY.items())
 
 
 def base_pool_name(workflow: str) -> str:
