@@ -24,7 +24,7 @@ import yaml
 from kubernetes.client import ApiClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from swiftdiffusion.operator import crd, kube, rbac
+from swiftdiffusion.operator import crd, kube, rbac, render
 from swiftdiffusion.operator import model as m
 from tests.testbed.waiting import eventually
 
@@ -191,8 +191,7 @@ class Cluster:
     def children(self) -> list[dict[str, Any]]:
         """Every object the operator owns in the namespace, as `{"ref": "<plural>/<name>", **object}`."""
         selector = "app.kubernetes.io/managed-by=swiftdiffusion-operator"
-        kinds = [("v1", "configmaps"), ("apps/v1", "deployments"), ("v1", "services"),
-                 ("policy/v1", "poddisruptionbudgets")]
+        kinds = [(version, kube.PLURALS[kind]) for version, kind in render.POOL_KINDS]
         return [{"ref": f"{plural}/{item['metadata']['name']}", **item}
                 for version, plural in kinds for item in self.list(version, plural, selector)]
 

@@ -18,16 +18,13 @@ from kubernetes import config
 from kubernetes.client import ApiClient
 from prometheus_client import start_http_server
 
+from swiftdiffusion.operator import kube, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.cache import ChildCache
 from swiftdiffusion.operator.controller import Controller
 from swiftdiffusion.operator.dispatch import Dispatcher, run_worker
 from swiftdiffusion.operator.render import FIELD_MANAGER, MANAGED_BY
 from swiftdiffusion.operator.workqueue import WorkQueue
-
-CHILDREN = [("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "configmaps"),
-            ("policy", "v1", "poddisruptionbudgets")]
-
 
 def _api_client() -> ApiClient:
     try:
@@ -77,5 +74,6 @@ async def child_event(event: kopf.RawEvent, body: kopf.Body, resource: kopf.Reso
     memo.dispatcher.on_child(event.get("type"), resource.kind, dict(body))
 
 
-for _group, _version, _plural in CHILDREN:
-    kopf.on.event(_group, _version, _plural, id=f"child-{_plural}", labels=MANAGED_BY)(child_event)
+for _api_version, _kind in render.POOL_KINDS:
+    _group, _, _version = _api_version.rpartition("/")
+    kopf.on.event(_group, _version, kube.PLURALS[_kind], id=f"child-{_kind.lower()}", labels=MANAGED_BY)(child_event)
