@@ -13,4 +13,5 @@ pytest_plugins: list[str] = [
     "tests.lora.fixtures",
     "tests.testbed.fixtures",
     "tests.reconcile.fixtures",
+    "tests.chart.fixtures",
 ]

@@ -10,6 +10,9 @@ from typing import Any
 import yaml
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "swiftdiffusion"
+# `--set`s tolerating the GPU taint every test bed node carries (so the operator pod schedules).
+GPU_TOLERATION = ("tolerations[0].key=nvidia.com/gpu", "tolerations[0].operator=Exists",
+                  "tolerations[0].effect=NoSchedule")
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class Helm:
             raise AssertionError(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def template(self, *set_args: str, release: str = "swd", namespace: str = "swiftdiffusion-system") -> list[dict[str, Any]]:
+    def template(self, *set_args: str, release: str = "swd",
+                 namespace: str = "swiftdiffusion-system") -> list[dict[str, Any]]:
         """The rendered objects (without CRDs), for `--set`-style overrides."""
         overrides = [arg for value in set_args for arg in ("--set", value)]
         out = self.run("template", release, str(CHART), "--namespace", namespace, *overrides).stdout

@@ -10,8 +10,7 @@ from kubernetes import client, dynamic
 
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator import rbac
-from tests.chart.helm import CHART, Helm
-from tests.chart.test_chart_render import GPU_TOLERATION
+from tests.chart.helm import CHART, GPU_TOLERATION, Helm
 
 pytestmark = pytest.mark.cluster
 CRD_NAME = f"{m.PLURAL}.{m.GROUP}"
@@ -29,8 +28,9 @@ def test_helm_install_creates_the_crd_and_runs_the_operator_under_the_generated_
     helm: Helm, kube_config: str, k8s_client: client.ApiClient, namespace: str, release: str
 ) -> None:
     sets = [arg for value in (*GPU_TOLERATION, f"operator.watchNamespaces={{{namespace}}}") for arg in ("--set", value)]
-    helm.run("install", release, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s", *sets,
-             kube_config=kube_config)
+    notes = helm.run("install", release, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s",
+                     *sets, kube_config=kube_config).stdout
+    assert f"watching namespaces {namespace}." in notes
     crd = client.ApiextensionsV1Api(k8s_client).read_custom_resource_definition(CRD_NAME)
     assert any(c.type == "Established" and c.status == "True" for c in crd.status.conditions)
     role = client.RbacAuthorizationV1Api(k8s_client).read_cluster_role(f"{release}-swiftdiffusion")
@@ -38,7 +38,8 @@ def test_helm_install_creates_the_crd_and_runs_the_operator_under_the_generated_
     deployment = client.AppsV1Api(k8s_client).read_namespaced_deployment(f"{release}-swiftdiffusion", namespace)
     assert deployment.status.available_replicas == 1
     assert f"--namespace={namespace}" in deployment.spec.template.spec.containers[0].args
-    config_map = client.CoreV1Api(k8s_client).read_namespaced_config_map(f"{release}-swiftdiffusion-dashboard", namespace)
+    core = client.CoreV1Api(k8s_client)
+    config_map = core.read_namespaced_config_map(f"{release}-swiftdiffusion-dashboard", namespace)
     assert config_map.metadata.labels["grafana_dashboard"] == "1"
 
 

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
 
-from swiftdiffusion.operator import dashboard, rbac
-from tests.chart.helm import CHART, Helm, by_kind, one
+from swiftdiffusion.operator import dashboard, rbac, render
+from tests.chart.helm import CHART, GPU_TOLERATION, Helm, by_kind, one
 
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                    "app.kubernetes.io/managed-by", "helm.sh/chart")
-GPU_TOLERATION = ("tolerations[0].key=nvidia.com/gpu", "tolerations[0].operator=Exists",
-                  "tolerations[0].effect=NoSchedule")
 
 
 def container(objects: list[dict]) -> dict:
@@ -26,7 +25,8 @@ def test_lint_passes_in_strict_mode(helm: Helm) -> None:
 
 
 @pytest.mark.parametrize("bad", ["image.pullPolicy=Sometimes", "operator.watchNamespaces[0]=Not_A_Namespace",
-                                 "operator.metricsPort=0", "serviceMonitor.interval=often", "operator.wachNamespaces=x"])
+                                 "operator.metricsPort=0", "serviceMonitor.interval=often",
+                                 "operator.wachNamespaces=x"])
 def test_the_values_schema_rejects_invalid_values(helm: Helm, bad: str) -> None:
     result = helm.run("template", "swd", str(CHART), "--set", bad, check=False)
     assert result.returncode != 0
@@ -51,7 +51,8 @@ def test_defaults_render_a_non_root_operator_with_liveness_probe_and_metrics_por
     assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
     service = one(objects, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
-    assert service["spec"]["selector"].items() <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
 def test_the_cluster_role_carries_exactly_the_operators_rbac_rules(helm: Helm) -> None:
@@ -92,16 +93,19 @@ def test_service_monitors_scrape_the_operator_and_label_runtime_pools_for_the_da
     for monitor in (operator_monitor, pools_monitor):
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
-    assert operator_monitor["spec"]["selector"]["matchLabels"].items() <= one(objects, "Service")["metadata"]["labels"].items()
+    service_labels = one(objects, "Service")["metadata"]["labels"]
+    assert operator_monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
     assert pools_monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
-    assert pools_monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "swiftdiffusion-operator"}
+    assert pools_monitor["spec"]["selector"]["matchLabels"] == render.MANAGED_BY
     (relabel,) = pools_monitor["spec"]["endpoints"][0]["relabelings"]
-    assert relabel["targetLabel"] == dashboard.POOL_LABEL
+    service_label = re.sub(r"[^a-zA-Z0-9_]", "_", render.POOL_LABEL)
+    assert relabel == {"sourceLabels": [f"__meta_kubernetes_service_label_{service_label}"],
+                       "targetLabel": dashboard.POOL_LABEL}
 
 
 def test_a_service_monitor_without_the_metrics_service_is_refused(helm: Helm) -> None:
-    result = helm.run("template", "swd", str(CHART), "--set", "serviceMonitor.enabled=true",
-                      "--set", "metrics.service.enabled=false", check=False)
+    result = helm.run("template", "swd", str(CHART),
+                      "--set", "serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false", check=False)
     assert result.returncode != 0 and "serviceMonitor.enabled needs metrics.service.enabled" in result.stderr
 
 

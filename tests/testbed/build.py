@@ -63,6 +63,7 @@ MODULES = (
     ),
     GoModule("etcd", "go.etcd.io/etcd/server/v3", {"etcd": "go.etcd.io/etcd/server/v3"}),
     GoModule("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
+    GoModule("helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"}),
 )
 
 
@@ -78,7 +79,7 @@ def go_version(go: str) -> str:
 
 
 def cache_key(go: str) -> str:
-    """`k8s-v1.36.3-etcd-v3.6.16-kwok-v0.8.0-<hash>`: readable pins, exact inputs."""
+    """`k8s-v1.36.3-etcd-v3.6.16-kwok-v0.8.0-helm-v3.22.0-<hash>`: readable pins, exact inputs."""
     digest = hashlib.sha256()
     for module in MODULES:
         for name in ("go.mod", "go.sum"):

@@ -171,13 +171,15 @@ def dashboard() -> dict[str, Any]:
                        "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
         y += 1
         for i, panel in enumerate(row.panels):
-            panels.append(_panel(panel, len(panels) + 1, (i % COLUMNS) * PANEL_WIDTH, y + (i // COLUMNS) * PANEL_HEIGHT))
+            x, dy = (i % COLUMNS) * PANEL_WIDTH, (i // COLUMNS) * PANEL_HEIGHT
+            panels.append(_panel(panel, len(panels) + 1, x, y + dy))
         y += -(-len(row.panels) // COLUMNS) * PANEL_HEIGHT
     datasource = {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
                   "current": {}, "hide": 0}
     return {
         "uid": UID, "title": "SwiftDiffusion", "tags": ["swiftdiffusion", "kubernetes", "diffusion"],
-        "description": "Runtime pools (requests, autoscaling signals, ControlNet service, LoRA loading) and the operator.",
+        "description": "Runtime pools (requests, autoscaling signals, ControlNet service, LoRA loading) "
+                       "and the operator.",
         "editable": True, "graphTooltip": 1, "refresh": "30s", "schemaVersion": 39, "version": 1,
         "time": {"from": "now-1h", "to": "now"},
         "templating": {"list": [
