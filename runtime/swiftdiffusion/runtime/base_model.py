@@ -7,6 +7,7 @@ with a given seed starts from exactly diffusers' latents and conditioning.
 from __future__ import annotations
 
 import io
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ class BaseModel:
         check_supported(pipeline.unet)
         self.pipeline = pipeline
         self.load_seconds = load_seconds
+        # The pipeline's fast tokenizers keep padding/truncation settings as mutable state,
+        # so concurrent requests must not tokenize at the same time.
+        self._text_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -86,13 +90,14 @@ class BaseModel:
         """Both CLIP encoders plus SDXL's size conditioning, batched [uncond; cond] under CFG."""
         pipe = self.pipeline
         uses_cfg = guidance_scale > 1.0
-        embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-            prompt,
-            device=self.device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=uses_cfg,
-            negative_prompt=negative_prompt or None,
-        )
+        with self._text_lock:
+            embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+                prompt,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=uses_cfg,
+                negative_prompt=negative_prompt or None,
+            )
         time_ids = pipe._get_add_time_ids(
             (height, width),
             (0, 0),
