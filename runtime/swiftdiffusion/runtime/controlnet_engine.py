@@ -1,8 +1,9 @@
-"""ControlNet residuals for one request: models from the cache, images preprocessed once.
+"""ControlNet residuals for one request: models from the cache, images embedded once.
 
-`ControlNetEngine.prepare` resolves the request's models and preprocesses its control
-images; `ControlNetEngine.compute` then runs every ControlNet on one step's latent and sums
-the scaled residuals exactly as diffusers' MultiControlNetModel does.
+`ControlNetEngine.prepare` resolves the request's models, preprocesses its control images
+and computes each ControlNet's conditioning embedding of its image (it does not depend on
+the step); `ControlNetEngine.compute` then runs every ControlNet on one step's latent and
+sums the scaled residuals exactly as diffusers' MultiControlNetModel does.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from swiftdiffusion.runtime.conditioning import TextConditioning
 from swiftdiffusion.runtime.control_image import decode_control_image, preprocess_control_image
 from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
+from swiftdiffusion.runtime.controlnet_forward import check_supported, controlnet_residuals, embed_control_image
 from swiftdiffusion.runtime.errors import InvalidArgument
 from swiftdiffusion.runtime.residual_source import ResidualRequest
 from swiftdiffusion.runtime.residuals import Residuals, sum_residuals
@@ -20,10 +22,10 @@ from swiftdiffusion.runtime.residuals import Residuals, sum_residuals
 
 @dataclass(frozen=True)
 class PreparedControl:
-    """A request's ControlNets, each with its preprocessed image and scale, and its conditioning."""
+    """A request's ControlNets, each with its control image's embedding and scale, and its conditioning."""
 
     models: tuple[torch.nn.Module, ...]
-    images: tuple[torch.Tensor, ...]
+    embeddings: tuple[torch.Tensor, ...]
     scales: tuple[float, ...]
     text: TextConditioning
 
@@ -38,6 +40,8 @@ class ControlNetEngine:
         if not request.controlnets:
             raise InvalidArgument("controlnets", "a residual session needs at least one ControlNet")
         models = tuple(self.cache.get(use.name) for use in request.controlnets)
+        for model in models:
+            check_supported(model)
         text = _on(request.text, self.device, self.dtype)
         batch = text.prompt_embeds.shape[0]
         images = tuple(
@@ -49,7 +53,8 @@ class ControlNetEngine:
             )
             for i, use in enumerate(request.controlnets)
         )
-        return PreparedControl(models, images, tuple(u.conditioning_scale for u in request.controlnets), text)
+        embeddings = tuple(embed_control_image(model, image) for model, image in zip(models, images, strict=True))
+        return PreparedControl(models, embeddings, tuple(u.conditioning_scale for u in request.controlnets), text)
 
     @torch.no_grad()
     def compute(self, prepared: PreparedControl, latent: torch.Tensor, timestep: torch.Tensor) -> Residuals:
@@ -59,19 +64,10 @@ class ControlNetEngine:
         batch = text.prompt_embeds.shape[0] // latent.shape[0]
         sample = torch.cat([latent] * batch) if batch > 1 else latent
         timestep = timestep.to(self.device)
-        parts = []
-        for model, image, scale in zip(prepared.models, prepared.images, prepared.scales, strict=True):
-            down, mid = model(
-                sample,
-                timestep,
-                encoder_hidden_states=text.prompt_embeds,
-                controlnet_cond=image,
-                conditioning_scale=scale,
-                guess_mode=False,
-                added_cond_kwargs=text.added_cond_kwargs,
-                return_dict=False,
-            )
-            parts.append(Residuals(tuple(down), mid))
+        parts = [
+            controlnet_residuals(model, sample, timestep, text, embedding, scale)
+            for model, embedding, scale in zip(prepared.models, prepared.embeddings, prepared.scales, strict=True)
+        ]
         return sum_residuals(parts)
 
 
