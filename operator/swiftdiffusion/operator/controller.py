@@ -127,7 +127,7 @@ class Controller:
             raise ReconcileError(str(error), transient=False) from error
         try:
             applied = self._ensure_all(render.render_workflow(wf))
-            if not (wf.spec.controlnets and not wf.shared_pool):
+            if not render.has_dedicated_controlnet_pool(wf):
                 applied += self.prune(namespace, render.dedicated_controlnet_pool_name(wf.name))
         except ApiException as error:  # reported in status (once per distinct message), then retried
             self._report(body, previous, self._observe(wf), f"applying children failed: {_describe(error)}")

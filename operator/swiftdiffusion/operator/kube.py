@@ -5,7 +5,6 @@ kubernetes package would only add a conversion that can drop fields.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import uuid
 from typing import Any
@@ -16,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.metrics import API_WRITES
 from swiftdiffusion.operator.render import FIELD_MANAGER, Manifest
+from swiftdiffusion.operator.status import now as status_now
 
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
            "PodDisruptionBudget": "poddisruptionbudgets", m.KIND: m.PLURAL, "Event": "events"}
@@ -86,7 +86,7 @@ def patch_status(api: ApiClient, namespace: str, name: str, status: dict[str, An
 def post_event(api: ApiClient, workflow: dict[str, Any], *, reason: str, message: str, warning: bool = False) -> None:
     """A core/v1 Event on the workflow, as `kubectl describe` shows them."""
     meta = workflow["metadata"]
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = status_now()
     event = {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},

@@ -7,7 +7,6 @@ tell whether the live object still holds exactly what was last applied.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,7 +92,7 @@ def _metadata(plan: PoolPlan, kind_labels: dict[str, str] | None = None) -> dict
 def _stamp(manifest: Manifest) -> Manifest:
     """Adds the hash of the manifest's own content as an annotation."""
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
-    manifest["metadata"].setdefault("annotations", {})[APPLIED_HASH] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    manifest["metadata"].setdefault("annotations", {})[APPLIED_HASH] = rc.digest(text)
     return manifest
 
 
@@ -270,10 +269,15 @@ def shared_controlnet_plan(pool: str, members: Sequence[m.Workflow]) -> PoolPlan
     )
 
 
+def has_dedicated_controlnet_pool(wf: m.Workflow) -> bool:
+    """Rendering it and pruning it are decided by this one rule."""
+    return bool(wf.spec.controlnets) and not wf.shared_pool
+
+
 def render_workflow(wf: m.Workflow) -> list[Manifest]:
     """The workflow's own children: its base pool and, unless shared, its ControlNet pool."""
     manifests = render_pool(base_pool_plan(wf))
-    if wf.spec.controlnets and not wf.shared_pool:
+    if has_dedicated_controlnet_pool(wf):
         manifests += render_pool(dedicated_controlnet_plan(wf))
     return manifests
 

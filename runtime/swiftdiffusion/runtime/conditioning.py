@@ -35,3 +35,8 @@ class TextConditioning:
             self.time_ids.chunk(2)[index],
             self.guidance_scale,
         )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TextConditioning:
+        """The same conditioning on another device (and dtype), detached from any graph."""
+        parts = (self.prompt_embeds, self.text_embeds, self.time_ids)
+        return TextConditioning(*(t.detach().to(device, dtype) for t in parts), self.guidance_scale)

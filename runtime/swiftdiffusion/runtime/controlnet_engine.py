@@ -42,7 +42,7 @@ class ControlNetEngine:
         models = tuple(self.cache.get(use.name) for use in request.controlnets)
         for model in models:
             check_supported(model)
-        text = _on(request.text, self.device, self.dtype)
+        text = request.text.to(self.device, self.dtype)
         batch = text.prompt_embeds.shape[0]
         images = tuple(
             preprocess_control_image(
@@ -69,12 +69,3 @@ class ControlNetEngine:
             for model, embedding, scale in zip(prepared.models, prepared.embeddings, prepared.scales, strict=True)
         ]
         return sum_residuals(parts)
-
-
-def _on(text: TextConditioning, device: torch.device, dtype: torch.dtype) -> TextConditioning:
-    return TextConditioning(
-        text.prompt_embeds.to(device, dtype),
-        text.text_embeds.to(device, dtype),
-        text.time_ids.to(device, dtype),
-        text.guidance_scale,
-    )

@@ -16,7 +16,7 @@ import torch
 
 from swiftdiffusion.runtime.conditioning import TextConditioning
 from swiftdiffusion.runtime.residuals import Residuals
-from swiftdiffusion.runtime.unet_split import unet_decode, unet_encode
+from swiftdiffusion.runtime.unet_split import predict_noise
 
 AwaitResiduals = Callable[[], Residuals]
 
@@ -57,8 +57,7 @@ class BatchedCfg:
         residuals: AwaitResiduals | None,
     ) -> torch.Tensor:
         batch = torch.cat([model_input] * 2) if text.uses_cfg else model_input
-        encoded = unet_encode(self.unet, batch, timestep, text)
-        noise = unet_decode(self.unet, encoded, residuals() if residuals else None)
+        noise = predict_noise(self.unet, batch, timestep, text, residuals)
         if not text.uses_cfg:
             return noise
         uncond, cond = noise.chunk(2)

@@ -26,10 +26,6 @@ class Residuals:
         """The residuals of one CFG branch (0 = unconditional, 1 = conditional) of a batched step."""
         return Residuals(tuple(t.chunk(branches)[index] for t in self.down), self.mid.chunk(branches)[index])
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.down, self.mid))
-
 
 def sum_residuals(parts: Sequence[Residuals]) -> Residuals:
     """Sum already-scaled residuals of several ControlNets, first to last."""

@@ -9,6 +9,7 @@ added embedding, no class embedding, no attention masks, no adapters).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -102,3 +103,15 @@ def unet_decode(unet: torch.nn.Module, encoded: EncodedSample, residuals: Residu
     if unet.conv_norm_out:
         sample = unet.conv_act(unet.conv_norm_out(sample))
     return unet.conv_out(sample)
+
+
+def predict_noise(
+    unet: torch.nn.Module,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    text: TextConditioning,
+    await_residuals: Callable[[], Residuals] | None,
+) -> torch.Tensor:
+    """The whole UNet, awaiting the ControlNet residuals (if any) only between its halves."""
+    encoded = unet_encode(unet, sample, timestep, text)
+    return unet_decode(unet, encoded, await_residuals() if await_residuals else None)

@@ -43,7 +43,7 @@ from swiftdiffusion.runtime.denoise import ControlNetMode
 from swiftdiffusion.runtime.guidance import AwaitResiduals, BatchedCfg, combine_cfg
 from swiftdiffusion.runtime.residual_source import ResidualRequest, ResidualSession, ResidualSource
 from swiftdiffusion.runtime.step_hooks import LoraUse, StepHook, StepHookFactory
-from swiftdiffusion.runtime.unet_split import unet_decode, unet_encode
+from swiftdiffusion.runtime.unet_split import predict_noise
 
 
 @runtime_checkable
@@ -90,7 +90,7 @@ class SplitRequest:
             layout = StepLayout(tuple(model_input.shape), model_input.dtype, timestep.dtype)
             residuals, timeout = self.residuals if self.residuals is not None else (None, None)
             request = BranchRequest(
-                _on_host(text.branch(UNCOND)), layout, residuals, self.loras or None, timeout, self.pipelined, self.steps
+                text.branch(UNCOND).to("cpu"), layout, residuals, self.loras or None, timeout, self.pipelined, self.steps
             )
             self.session = self._stack.enter_context(self._parent.pair.session(request))
         return self.session
@@ -132,7 +132,7 @@ class SplitCfg:
         session = request.open_session(text, model_input, timestep)
         session.dispatch(request.index, timestep, model_input, request.merges)
         unet = self._parent.unet
-        cond = unet_decode(unet, unet_encode(unet, model_input, timestep, text.branch(COND)), residuals() if residuals else None)
+        cond = predict_noise(unet, model_input, timestep, text.branch(COND), residuals)
         uncond = session.collect().to(cond.device)
         return combine_cfg(uncond, cond, text.guidance_scale)
 
@@ -149,7 +149,7 @@ class BranchResidualSource:
     def open(self, request: ResidualRequest, timeout: float | None = None) -> ResidualSession:
         if not request.text.uses_cfg:
             return self._inner.open(request, timeout)
-        uncond = dataclasses.replace(request, text=_on_host(request.text.branch(UNCOND)))
+        uncond = dataclasses.replace(request, text=request.text.branch(UNCOND).to("cpu"))
         self._parent.pending_residuals = (uncond, timeout)
         return self._inner.open(dataclasses.replace(request, text=request.text.branch(COND)), timeout)
 
@@ -189,9 +189,3 @@ class LatentParallel:
 
     def residual_source(self, inner: ResidualSource) -> ResidualSource:
         return BranchResidualSource(self, inner)
-
-
-def _on_host(text: TextConditioning) -> TextConditioning:
-    """Host copies: the follower receives them pickled and moves them to its own device."""
-    parts = (text.prompt_embeds, text.text_embeds, text.time_ids)
-    return TextConditioning(*(t.detach().cpu() for t in parts), text.guidance_scale)

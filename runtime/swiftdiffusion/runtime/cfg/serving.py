@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from grpc_health.v1 import health_pb2
@@ -56,13 +55,12 @@ class ConfiguredControlNets:
 def follower_spec(config: RuntimeConfig, model: BaseModel) -> WorkerSpec:
     """The second worker's device: `cuda:1` beside the leader's `cuda:0`, or on CPU the second
     half of the pod's cores (the leader keeps the first half: `split_cores`, called after)."""
-    from swiftdiffusion.runtime.lora.store import LoraEntry
+    from swiftdiffusion.runtime.lora.service import lora_entries
     from swiftdiffusion.runtime.model_store import resolve
 
     base = config.require_base()
     ref = ModelRef(resolve(base.model, config.model_store), base.revision, config.model_store)
-    store = Path(config.model_store) if config.model_store else None
-    entries = [LoraEntry.from_config(item.model_dump(), store) for item in base.loras]
+    entries = lora_entries(config)
     on_gpu = model.device.type == "cuda"
     cores = None if on_gpu else _halves(config)[1]
     return WorkerSpec(

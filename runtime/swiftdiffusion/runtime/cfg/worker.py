@@ -22,7 +22,7 @@ from swiftdiffusion.runtime.cfg.exchange import BranchExchange, BranchReply, Ste
 from swiftdiffusion.runtime.conditioning import TextConditioning
 from swiftdiffusion.runtime.residual_source import ResidualRequest, ResidualSession, ResidualSource
 from swiftdiffusion.runtime.residuals import Residuals
-from swiftdiffusion.runtime.unet_split import unet_decode, unet_encode
+from swiftdiffusion.runtime.unet_split import predict_noise
 
 UNCOND, COND = 0, 1  # diffusers' CFG batch order; the follower computes UNCOND
 
@@ -94,15 +94,6 @@ def load_unet(spec: WorkerSpec) -> torch.nn.Module:
     return unet.to(spec.device).eval().requires_grad_(False)
 
 
-@torch.no_grad()
-def branch_noise(
-    unet: torch.nn.Module, latent: torch.Tensor, timestep: torch.Tensor, text: TextConditioning, residuals: Any
-) -> torch.Tensor:
-    """One branch's noise prediction; `residuals` (a future or None) is awaited between the halves."""
-    encoded = unet_encode(unet, latent, timestep, text)
-    return unet_decode(unet, encoded, None if residuals is None else residuals.result())
-
-
 class BranchResiduals:
     """The follower's residual session, scheduled as the denoising loop schedules the leader's:
     synchronous, step t uses its own residuals; pipelined, step t uses step t-1's (step 0
@@ -134,7 +125,7 @@ class FollowerRuntime:
 
     def serve(self, request: BranchRequest, exchange: BranchExchange) -> str | None:
         """Serve one request's steps; None when the leader ended it, else why the branch failed."""
-        text = _on(request.text, self.device, self.dtype)
+        text = request.text.to(self.device, self.dtype)
         exchange.prepare(request.layout)
         follower: MergeFollower | None = None
         residuals: BranchResiduals | None = None
@@ -157,7 +148,9 @@ class FollowerRuntime:
                     if command.merges and follower is not None:
                         follower.merge(command.merges)
                     future = None if residuals is None else residuals.for_step(command.index, command.latent, command.timestep)
-                    prediction = branch_noise(self.unet, command.latent, command.timestep, text, future)
+                    prediction = predict_noise(
+                        self.unet, command.latent, command.timestep, text, None if future is None else future.result
+                    )
                 except Exception as error:  # the branch failed: tell the leader, never guess
                     exchange.send_reply(BranchReply(None))
                     return f"{type(error).__name__}: {error}"
@@ -175,11 +168,6 @@ def _fail_next_step(exchange: BranchExchange, error: Exception) -> str:
     if not exchange.recv_step().is_end:
         exchange.send_reply(BranchReply(None))
     return f"{type(error).__name__}: {error}"
-
-
-def _on(text: TextConditioning, device: torch.device, dtype: torch.dtype) -> TextConditioning:
-    parts = (text.prompt_embeds, text.text_embeds, text.time_ids)
-    return TextConditioning(*(t.to(device, dtype) for t in parts), text.guidance_scale)
 
 
 def follower_main(spec: WorkerSpec, control: Connection, endpoint: Any) -> None:

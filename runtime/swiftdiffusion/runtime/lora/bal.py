@@ -101,12 +101,6 @@ class BalHook:
             if self._held:
                 self._lock.release(self._exclusive)
 
-    def __enter__(self) -> BalHook:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
 
 class BalHookFactory:
     """The base server's step-hook factory (runtime.step_hooks.StepHookFactory) with BAL."""

@@ -43,10 +43,6 @@ class LayerDelta:
     down: torch.Tensor  # [rank, in * kernel]
     scaling: float  # alpha / rank, as peft computes it
 
-    @property
-    def nbytes(self) -> int:
-        return self.up.nbytes + self.down.nbytes
-
     def to(self, device: torch.device, non_blocking: bool = False) -> LayerDelta:
         """Factors in the base weight's dtype on `device`."""
         dtype = self.weight.dtype

@@ -23,10 +23,6 @@ class WeightPatch:
     def __init__(self) -> None:
         self._originals: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
 
-    @property
-    def touched(self) -> int:
-        return len(self._originals)
-
     @torch.no_grad()
     def merge(self, deltas: Iterable[LayerDelta], scale: float) -> None:
         for delta in deltas:

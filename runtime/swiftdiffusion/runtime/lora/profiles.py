@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,9 +57,9 @@ def read_profiles(source: str, timeout_s: float = 10.0) -> list[KProfile]:
         return []  # no sidecar, or one this version cannot read: K falls back to the default
 
 
-def find_profile(source: str, base_model: str, revision: str, steps: int) -> KProfile | None:
+def find_profile(candidates: Iterable[KProfile], base_model: str, revision: str, steps: int) -> KProfile | None:
     """The profile for this base model, preferring one made with the request's step count."""
-    matching = [p for p in read_profiles(source) if (p.base_model, p.revision) == (base_model, revision)]
+    matching = [p for p in candidates if (p.base_model, p.revision) == (base_model, revision)]
     return min(matching, key=lambda p: abs(p.steps - steps), default=None)
 
 

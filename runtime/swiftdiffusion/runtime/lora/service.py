@@ -12,13 +12,18 @@ from swiftdiffusion.runtime.lora.metrics import LoraMetrics
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
 
 
+def lora_entries(config: RuntimeConfig) -> list[LoraEntry]:
+    """`base.loras` from config.yaml; both CFG workers resolve a request's LoRAs from these."""
+    model_store = Path(config.model_store) if config.model_store else None
+    return [LoraEntry.from_config(item.model_dump(), model_store) for item in config.require_base().loras]
+
+
 def bal_step_hooks(config: RuntimeConfig, model: BaseModel, registry: CollectorRegistry) -> BalHookFactory:
     """`base.loras` (and `<modelStore>/loras/<name>.safetensors`), `balDefaultK`, the base
     model's text encoders; profiled K is looked up for `base.model` at `base.revision`."""
     base = config.require_base()
     model_store = Path(config.model_store) if config.model_store else None
-    entries = [LoraEntry.from_config(item.model_dump(), model_store) for item in base.loras]
-    store = LoraStore(entries, model_store, metrics=LoraMetrics(registry))
+    store = LoraStore(lora_entries(config), model_store, metrics=LoraMetrics(registry))
     pipeline = model.pipeline
     text_encoders = {"text_encoder": pipeline.text_encoder, "text_encoder_2": pipeline.text_encoder_2}
     return BalHookFactory(store, text_encoders, base.bal_default_k, base.model, base.revision or "main")

@@ -56,7 +56,9 @@ class LoraStore:
         self._directory = None if model_store is None else Path(model_store) / "loras"
         self._cache_bytes = cache_bytes
         self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cached_bytes = 0
         self._text_encoder_parts: dict[str, bool] = {}
+        self._profiles: dict[str, list[profiles.KProfile]] = {}
         self._lock = threading.Lock()
         self.metrics = metrics or LoraMetrics()
 
@@ -88,9 +90,11 @@ class LoraStore:
         if len(data) > self._cache_bytes:
             return
         with self._lock:
-            self._cache[key] = data
-            while sum(len(value) for value in self._cache.values()) > self._cache_bytes:
-                self._cache.popitem(last=False)
+            if key not in self._cache:
+                self._cache[key] = data
+                self._cached_bytes += len(data)
+            while self._cached_bytes > self._cache_bytes:
+                self._cached_bytes -= len(self._cache.popitem(last=False)[1])
 
     def has_text_encoder_parts(self, entry: LoraEntry) -> bool:
         """Whether the file patches a text encoder (read from its header once, then remembered)."""
@@ -103,5 +107,12 @@ class LoraStore:
         return known
 
     def profiled_k(self, entry: LoraEntry, base_model: str, revision: str, steps: int) -> int | None:
-        profile = profiles.find_profile(entry.source, base_model, revision, steps)
+        """K from the LoRA's profile sidecar (read once per source, then remembered)."""
+        with self._lock:
+            known = self._profiles.get(entry.source)
+        if known is None:
+            known = profiles.read_profiles(entry.source)
+            with self._lock:
+                self._profiles[entry.source] = known
+        profile = profiles.find_profile(known, base_model, revision, steps)
         return None if profile is None else profile.k_for(steps)
