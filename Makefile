@@ -35,7 +35,7 @@ cluster-down:
 	scripts/testbed down
 
 demo: venv
-	$(PY) -m swiftdiffusion.runtime.demo
+	$(PY) -m swiftdiffusion.runtime.dev.demo
 
 test: venv testbed
 	$(PY) -m pytest $(PYTEST_ARGS)

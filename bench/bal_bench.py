@@ -31,15 +31,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swiftdiffusion.runtime import metric_names as names  # noqa: E402
-from swiftdiffusion.runtime.base_engine import BaseEngine  # noqa: E402
-from swiftdiffusion.runtime.base_model import BaseModel  # noqa: E402
+from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set  # noqa: E402
 from swiftdiffusion.runtime.lora.bal import BalHookFactory  # noqa: E402
 from swiftdiffusion.runtime.lora.formats import bind_lora  # noqa: E402
 from swiftdiffusion.runtime.lora.merge import WeightPatch  # noqa: E402
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore  # noqa: E402
-from swiftdiffusion.runtime.lora.synthetic import lora_for_model_set  # noqa: E402
-from swiftdiffusion.runtime.requests import GenerateParams  # noqa: E402
-from swiftdiffusion.runtime.step_hooks import LoraUse  # noqa: E402
+from swiftdiffusion.runtime.pipeline.base_model import BaseModel  # noqa: E402
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine  # noqa: E402
+from swiftdiffusion.runtime.pipeline.requests import GenerateParams  # noqa: E402
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse  # noqa: E402
 
 SCALE = 0.8
 

@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swiftdiffusion.runtime.base_engine import BaseEngine  # noqa: E402
-from swiftdiffusion.runtime.base_model import BaseModel  # noqa: E402
 from swiftdiffusion.runtime.cfg import LatentParallel, ModelRef, StepLayout, WorkerSpec  # noqa: E402
 from swiftdiffusion.runtime.cfg.exchange import BranchExchange, BranchReply, StepCommand  # noqa: E402
 from swiftdiffusion.runtime.cfg.worker import pin  # noqa: E402
-from swiftdiffusion.runtime.requests import GenerateParams  # noqa: E402
-from swiftdiffusion.runtime.step_hooks import without_loras  # noqa: E402
+from swiftdiffusion.runtime.pipeline.base_model import BaseModel  # noqa: E402
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine  # noqa: E402
+from swiftdiffusion.runtime.pipeline.requests import GenerateParams  # noqa: E402
+from swiftdiffusion.runtime.pipeline.step_hooks import without_loras  # noqa: E402
 
 
 @dataclass(frozen=True)

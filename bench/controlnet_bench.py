@@ -46,7 +46,7 @@ def main() -> int:
     if len(cpus) < 2:
         print("needs at least two CPUs", file=sys.stderr)
         return 2
-    from swiftdiffusion.runtime.model_factory import build_model_set
+    from swiftdiffusion.runtime.dev.model_factory import build_model_set
 
     started = time.perf_counter()
     build_model_set(args.models, "mid", NAMES)
@@ -89,8 +89,8 @@ def _decoupled(args: argparse.Namespace, count: int, base_cpu: int, controlnet_c
     """Best wall time of a Generate through the real base and ControlNet services, pinned."""
     from swiftdiffusion.runtime.client import generate, generate_request
     from swiftdiffusion.runtime.config import Defaults
-    from swiftdiffusion.runtime.control_image import encode_png
-    from swiftdiffusion.runtime.local_stack import StackOptions, local_stack
+    from swiftdiffusion.runtime.controlnet.control_image import encode_png
+    from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
 
     options = StackOptions.on_free_ports(
         args.models, threads=1, base_cpus=[base_cpu], controlnet_cpus=[controlnet_cpu],
@@ -156,10 +156,10 @@ def _components(pipe, nets, images, size: int, repeats: int = 3) -> dict:
 
     import torch
 
-    from swiftdiffusion.runtime.base_model import BaseModel
-    from swiftdiffusion.runtime.control_image import preprocess_control_image
-    from swiftdiffusion.runtime.controlnet_forward import controlnet_residuals, embed_control_image
-    from swiftdiffusion.runtime.unet_split import unet_decode, unet_encode
+    from swiftdiffusion.runtime.controlnet.control_image import preprocess_control_image
+    from swiftdiffusion.runtime.controlnet.forward import controlnet_residuals, embed_control_image
+    from swiftdiffusion.runtime.pipeline.base_model import BaseModel
+    from swiftdiffusion.runtime.pipeline.unet_split import unet_decode, unet_encode
 
     model = BaseModel(pipe)
     text = model.encode_text("a house on a hill", None, 5.0, size, size)

@@ -17,18 +17,18 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel
 
-from swiftdiffusion.runtime.base_engine import BaseEngine
-from swiftdiffusion.runtime.base_model import BaseModel
-from swiftdiffusion.runtime.control_image import encode_png
-from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
-from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
-from swiftdiffusion.runtime.denoise import ControlNetMode
-from swiftdiffusion.runtime.demo import demo_control_image
-from swiftdiffusion.runtime.metrics import RuntimeMetrics
-from swiftdiffusion.runtime.model_factory import build_model_set
-from swiftdiffusion.runtime.requests import GenerateParams
-from swiftdiffusion.runtime.residual_source import ControlNetUse
-from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
+from swiftdiffusion.runtime.controlnet.control_image import encode_png
+from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine
+from swiftdiffusion.runtime.dev.demo import demo_control_image
+from swiftdiffusion.runtime.dev.model_factory import build_model_set
+from swiftdiffusion.runtime.pipeline.base_model import BaseModel
+from swiftdiffusion.runtime.pipeline.denoise import ControlNetMode
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.pipeline.requests import GenerateParams
+from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
+from swiftdiffusion.runtime.transport.residual_source import ControlNetUse
 
 NAMES = ("canny", "depth", "pose")
 

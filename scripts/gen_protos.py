@@ -1,7 +1,7 @@
 """Generate the runtime's gRPC code from its checked-in .proto files (run by `make protos`).
 
 Output (`*_pb2.py`, `*_pb2_grpc.py`, `*_pb2.pyi`) lands beside the .proto files and is
-gitignored; imports are package-qualified (swiftdiffusion.runtime.proto...) because the
+gitignored; imports are package-qualified (swiftdiffusion.runtime.serving.proto...) because the
 include root is the runtime/ folder.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1] / "runtime"
-PROTO_DIR = ROOT / "swiftdiffusion" / "runtime" / "proto"
+PROTO_DIR = ROOT / "swiftdiffusion" / "runtime" / "serving" / "proto"
 
 
 def main() -> int:

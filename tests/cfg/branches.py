@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.guidance import AwaitResiduals, combine_cfg
-from swiftdiffusion.runtime.unet_split import unet_decode, unet_encode
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.pipeline.guidance import AwaitResiduals, combine_cfg
+from swiftdiffusion.runtime.pipeline.unet_split import unet_decode, unet_encode
 
 
 class SequentialCfg:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.cfg import LatentParallel, ModelRef, WorkerSpec
 from swiftdiffusion.runtime.cfg.plugins import LocalControlNets, LoraFollowers
-from swiftdiffusion.runtime.denoise import ControlNetMode
 from swiftdiffusion.runtime.lora.store import LoraEntry
-from swiftdiffusion.runtime.step_hooks import StepHookFactory, without_loras
-from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+from swiftdiffusion.runtime.pipeline.denoise import ControlNetMode
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.pipeline.step_hooks import StepHookFactory, without_loras
+from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 
 
 @dataclass
@@ -48,7 +48,7 @@ def start_replica(model, spec: WorkerSpec) -> Replica:
 @pytest.fixture(scope="session")
 def cfg_lora(tmp_path_factory: pytest.TempPathFactory, tiny_base_model) -> LoraEntry:
     """A random UNet LoRA for the tiny base model."""
-    from swiftdiffusion.runtime.lora.synthetic import write_random_lora
+    from swiftdiffusion.runtime.dev.synthetic_lora import write_random_lora
 
     path = tmp_path_factory.mktemp("cfg-loras") / "ink.safetensors"
     write_random_lora(path, {"unet": tiny_base_model.unet}, rank=4, seed=11, strength=0.3)

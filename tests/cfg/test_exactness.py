@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.cfg import ModelRef, WorkerSpec
-from swiftdiffusion.runtime.denoise import ControlNetMode
-from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+from swiftdiffusion.runtime.pipeline.denoise import ControlNetMode
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 from tests.cfg.branches import SequentialCfg
 from tests.cfg.fixtures import Replica, split_engine, start_replica
 from tests.runtime.helpers import diffusers_reference, params_with

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.lora.bal import BalHookFactory
 from swiftdiffusion.runtime.lora.formats import bind_lora
 from swiftdiffusion.runtime.lora.merge import WeightPatch
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
-from swiftdiffusion.runtime.step_hooks import LoraUse, StepHookFactory, without_loras
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse, StepHookFactory, without_loras
 from tests.cfg.branches import SequentialCfg
 from tests.cfg.fixtures import Replica, split_engine
 from tests.runtime.helpers import params_with

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from swiftdiffusion.runtime.client import generate, generate_request
-from swiftdiffusion.runtime.control_image import encode_png
-from swiftdiffusion.runtime.grpc_common import check_health
-from swiftdiffusion.runtime.local_stack import ServiceProcess, StackOptions, free_port, stack_configs, start_service
+from swiftdiffusion.runtime.controlnet.control_image import encode_png
+from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, StackOptions, free_port, stack_configs, start_service
+from swiftdiffusion.runtime.serving.grpc_common import check_health
 from tests.runtime.helpers import control_image
 
 

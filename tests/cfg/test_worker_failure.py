@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.cfg import BranchFailed, ModelRef, WorkerLost, WorkerSpec
 from swiftdiffusion.runtime.cfg.plugins import LocalControlNets
 from swiftdiffusion.runtime.errors import Unavailable
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from tests.cfg.branches import SequentialCfg
 from tests.cfg.fixtures import Replica, split_engine, start_replica
 from tests.runtime.helpers import params_with

@@ -14,7 +14,7 @@ from swiftdiffusion.operator import dashboard
 from swiftdiffusion.operator import metrics as op
 from swiftdiffusion.runtime import metric_names as names
 from swiftdiffusion.runtime.lora.metrics import LoraMetrics
-from swiftdiffusion.runtime.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 
 # Labels Prometheus adds when scraping (namespace), the chart's relabeling (pool), and `le`.
 SCRAPE_LABELS = {"namespace", dashboard.POOL_LABEL}

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from swiftdiffusion.runtime.base_engine import BaseEngine
-from swiftdiffusion.runtime.base_model import BaseModel
 from swiftdiffusion.runtime.lora.bal import BalHookFactory
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
-from swiftdiffusion.runtime.requests import GenerateParams
-from swiftdiffusion.runtime.step_hooks import LoraUse
+from swiftdiffusion.runtime.pipeline.base_model import BaseModel
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.pipeline.requests import GenerateParams
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse
 from tests.lora.fixtures import load_pipeline
 
 STEPS = 4

@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
-from swiftdiffusion.runtime.lora.synthetic import write_random_lora
+from swiftdiffusion.runtime.dev.synthetic_lora import write_random_lora
 
 STRENGTH = 0.3
 

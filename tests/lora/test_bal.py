@@ -11,7 +11,7 @@ import torch
 from swiftdiffusion.runtime.errors import Cancelled, NotFound
 from swiftdiffusion.runtime.lora.errors import LoraFormatError, LoraMismatchError, LoraNotFoundError
 from swiftdiffusion.runtime.lora.store import LoraEntry
-from swiftdiffusion.runtime.step_hooks import LoraUse
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse
 from tests.lora.engine_setup import STEPS, BalEngine, bal_engine, diffusers_with_loras, params
 from tests.lora.fixtures import GatedFileServer
 

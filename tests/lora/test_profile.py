@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from swiftdiffusion.runtime.lora import profiles
 from swiftdiffusion.runtime.cli import main as cli_main
+from swiftdiffusion.runtime.lora import profiles
 from swiftdiffusion.runtime.lora.profile import main
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from swiftdiffusion.runtime.base_server import start_base_server
 from swiftdiffusion.runtime.client import generate, generate_request
 from swiftdiffusion.runtime.config import BaseSection, Defaults, LoraEntry, RuntimeConfig
+from swiftdiffusion.runtime.serving.base_server import start_base_server
 from tests.lora.engine_setup import diffusers_with_loras, params
 
 

@@ -10,7 +10,7 @@ import diffusers
 import pytest
 import transformers
 
-from swiftdiffusion.runtime.model_factory import MODEL_SET_VERSION, build_model_set
+from swiftdiffusion.runtime.dev.model_factory import MODEL_SET_VERSION, build_model_set
 
 CACHE = Path(os.environ.get("SWIFTDIFFUSION_MODEL_CACHE", Path.home() / ".cache" / "swiftdiffusion" / "models"))
 
@@ -30,7 +30,7 @@ def tiny_model_set() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_base_model(tiny_model_set: Path):
-    from swiftdiffusion.runtime.base_model import BaseModel
+    from swiftdiffusion.runtime.pipeline.base_model import BaseModel
 
     return BaseModel.load(tiny_model_set / "base", device="cpu")
 
@@ -41,9 +41,9 @@ def tiny_controlnet_engine(tiny_model_set: Path):
     import torch
     from diffusers import ControlNetModel
 
-    from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
-    from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
-    from swiftdiffusion.runtime.metrics import RuntimeMetrics
+    from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
+    from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine
+    from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 
     folder = tiny_model_set / "controlnets"
     cache = ControlNetCache(
@@ -59,7 +59,7 @@ def tiny_controlnet_engine(tiny_model_set: Path):
 def tiny_stack(tiny_model_set: Path, tmp_path_factory: pytest.TempPathFactory):
     """ControlNet and base services as real subprocesses on free ports, one torch thread each."""
     from swiftdiffusion.runtime.config import Defaults
-    from swiftdiffusion.runtime.local_stack import StackOptions, local_stack
+    from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
 
     options = StackOptions.on_free_ports(
         tiny_model_set,

@@ -12,9 +12,9 @@ from diffusers import (
 )
 from PIL import Image, ImageDraw
 
-from swiftdiffusion.runtime.control_image import encode_png
-from swiftdiffusion.runtime.requests import GenerateParams
-from swiftdiffusion.runtime.residual_source import ControlNetUse
+from swiftdiffusion.runtime.controlnet.control_image import encode_png
+from swiftdiffusion.runtime.pipeline.requests import GenerateParams
+from swiftdiffusion.runtime.transport.residual_source import ControlNetUse
 
 NAMES = ("canny", "depth", "pose")
 SCALES = (0.8, 0.5, 1.1)

@@ -6,9 +6,9 @@ import threading
 import pytest
 import torch
 
-from swiftdiffusion.runtime.controlnet_cache import ControlNetCache, model_bytes
+from swiftdiffusion.runtime.controlnet.cache import ControlNetCache, model_bytes
 from swiftdiffusion.runtime.errors import NotFound
-from swiftdiffusion.runtime.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 
 
 class CountingLoader:

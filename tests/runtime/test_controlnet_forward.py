@@ -2,7 +2,7 @@
 import torch
 from diffusers import ControlNetModel
 
-from swiftdiffusion.runtime.controlnet_forward import controlnet_residuals, embed_control_image
+from swiftdiffusion.runtime.controlnet.forward import controlnet_residuals, embed_control_image
 
 
 def test_residuals_with_cached_embedding_equal_controlnet_forward(tiny_model_set, tiny_base_model) -> None:

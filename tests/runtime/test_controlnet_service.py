@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 
 from swiftdiffusion.runtime import metric_names
-from swiftdiffusion.runtime.base_engine import BaseEngine
-from swiftdiffusion.runtime.controlnet_cache import model_bytes
-from swiftdiffusion.runtime.controlnet_server import start_controlnet_server
-from swiftdiffusion.runtime.local_stack import StackOptions, stack_configs
-from swiftdiffusion.runtime.transport_grpc import GrpcResidualSource
+from swiftdiffusion.runtime.controlnet.cache import model_bytes
+from swiftdiffusion.runtime.dev.local_stack import StackOptions, stack_configs
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.serving.controlnet_server import start_controlnet_server
+from swiftdiffusion.runtime.transport.grpc_source import GrpcResidualSource
 from tests.runtime.helpers import metric_value, params_with
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swiftdiffusion.runtime.base_engine import BaseEngine
-from swiftdiffusion.runtime.denoise import ControlNetMode
-from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+from swiftdiffusion.runtime.pipeline.denoise import ControlNetMode
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 from tests.runtime.helpers import diffusers_reference, params_with
 
 

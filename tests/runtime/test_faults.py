@@ -8,12 +8,12 @@ import grpc
 import pytest
 
 from swiftdiffusion.runtime import metric_names
-from swiftdiffusion.runtime.api import base_pb2_grpc
 from swiftdiffusion.runtime.client import generate, generate_request
 from swiftdiffusion.runtime.config import Defaults
-from swiftdiffusion.runtime.control_image import encode_png
-from swiftdiffusion.runtime.grpc_common import check_health
-from swiftdiffusion.runtime.local_stack import StackOptions, free_port, stack_configs
+from swiftdiffusion.runtime.controlnet.control_image import encode_png
+from swiftdiffusion.runtime.dev.local_stack import StackOptions, free_port, stack_configs
+from swiftdiffusion.runtime.serving.api import base_pb2_grpc
+from swiftdiffusion.runtime.serving.grpc_common import check_health
 from tests.runtime.helpers import control_image, metric_value
 
 GOOD = encode_png(control_image(64))
@@ -60,7 +60,7 @@ def test_bad_fields_are_invalid_argument_naming_the_field(tiny_stack, fields, fi
 @pytest.fixture
 def base_server_to(tiny_model_set):
     """An in-process base server whose ControlNet service is at a given target."""
-    from swiftdiffusion.runtime.base_server import start_base_server
+    from swiftdiffusion.runtime.serving.base_server import start_base_server
 
     started = []
 

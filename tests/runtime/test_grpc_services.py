@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from swiftdiffusion.runtime import metric_names
-from swiftdiffusion.runtime.base_engine import BaseEngine
 from swiftdiffusion.runtime.client import generate, generate_request
-from swiftdiffusion.runtime.transport_grpc import GrpcResidualSource
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.transport.grpc_source import GrpcResidualSource
 from tests.runtime.helpers import diffusers_reference, metric_value, params_with
 
 
@@ -92,8 +92,8 @@ def test_controlnet_service_serves_concurrent_base_sessions_exactly(tiny_base_mo
 
 
 def test_pipelined_mode_over_grpc_equals_pipelined_in_process(tiny_base_model, tiny_controlnet_engine, grpc_source) -> None:
-    from swiftdiffusion.runtime.denoise import ControlNetMode
-    from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+    from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
+    from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 
     params = params_with(2, steps=4)
     local = InProcessResidualSource(tiny_controlnet_engine)

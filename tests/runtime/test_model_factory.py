@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLPipeline
 
-from swiftdiffusion.runtime.model_factory import build_model_set, model_set_params
+from swiftdiffusion.runtime.dev.model_factory import build_model_set, model_set_params
 
 
 def test_tiny_set_loads_as_sdxl_pipeline_with_image_sized_latents(tiny_model_set: Path) -> None:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from swiftdiffusion.runtime.tensor_codec import from_wire, to_wire
+from swiftdiffusion.runtime.transport.tensor_codec import from_wire, to_wire
 
 
 def test_float32_round_trip_is_bit_exact() -> None:

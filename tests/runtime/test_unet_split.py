@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swiftdiffusion.runtime.residuals import Residuals
-from swiftdiffusion.runtime.unet_split import unet_decode, unet_encode
+from swiftdiffusion.runtime.controlnet.residuals import Residuals
+from swiftdiffusion.runtime.pipeline.unet_split import unet_decode, unet_encode
 
 
 @pytest.mark.parametrize("size", [64, 72])  # 72 px: latent 9x9, odd sizes take the upsample_size path

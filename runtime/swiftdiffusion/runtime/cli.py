@@ -64,9 +64,9 @@ def _serve_pod(args: argparse.Namespace) -> int:
         print(f"config {args.config} is for role {config.role!r}, not {role!r}", file=sys.stderr)
         return 2
     if role == "base":
-        from swiftdiffusion.runtime.base_server import start_base_server as start
+        from swiftdiffusion.runtime.serving.base_server import start_base_server as start
     else:
-        from swiftdiffusion.runtime.controlnet_server import start_controlnet_server as start
+        from swiftdiffusion.runtime.serving.controlnet_server import start_controlnet_server as start
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -78,8 +78,8 @@ def _serve_pod(args: argparse.Namespace) -> int:
 
 
 def _serve_local(args: argparse.Namespace) -> int:
-    from swiftdiffusion.runtime.local_stack import StackOptions, local_stack
-    from swiftdiffusion.runtime.model_factory import build_model_set
+    from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
+    from swiftdiffusion.runtime.dev.model_factory import build_model_set
 
     models = build_model_set(args.models, args.size)
     stop = threading.Event()
@@ -122,7 +122,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from swiftdiffusion.runtime.model_factory import build_model_set
+    from swiftdiffusion.runtime.dev.model_factory import build_model_set
 
     print(build_model_set(args.folder, args.size))
     return 0

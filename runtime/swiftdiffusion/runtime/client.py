@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from swiftdiffusion.runtime.api import base_pb2, base_pb2_grpc
-from swiftdiffusion.runtime.grpc_common import CHANNEL_OPTIONS
+from swiftdiffusion.runtime.serving.api import base_pb2, base_pb2_grpc
+from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS
 
 
 @dataclass(frozen=True)

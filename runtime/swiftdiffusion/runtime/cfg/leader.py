@@ -38,12 +38,12 @@ import torch
 from swiftdiffusion.runtime.cfg.exchange import StepLayout, WorkerLost
 from swiftdiffusion.runtime.cfg.pair import PairSession, WorkerPair
 from swiftdiffusion.runtime.cfg.worker import COND, UNCOND, BranchRequest, WorkerSpec
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.denoise import ControlNetMode
-from swiftdiffusion.runtime.guidance import AwaitResiduals, BatchedCfg, combine_cfg
-from swiftdiffusion.runtime.residual_source import ResidualRequest, ResidualSession, ResidualSource
-from swiftdiffusion.runtime.step_hooks import LoraUse, StepHook, StepHookFactory
-from swiftdiffusion.runtime.unet_split import predict_noise
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.pipeline.guidance import AwaitResiduals, BatchedCfg, combine_cfg
+from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse, StepHook, StepHookFactory
+from swiftdiffusion.runtime.pipeline.unet_split import predict_noise
+from swiftdiffusion.runtime.transport.residual_source import ResidualRequest, ResidualSession, ResidualSource
 
 
 @runtime_checkable
@@ -60,10 +60,10 @@ class SplitRequest:
     """One request's leader-side state; it is the StepHook the engine's loop drives."""
 
     def __init__(
-        self, parent: LatentParallel, inner: StepHook, loras: Sequence[LoraUse], steps: int, pipelined: bool
+        self, parent: LatentParallel, inner: StepHook, loras: Sequence[LoraUse], steps: int, mode: ControlNetMode
     ) -> None:
         self._parent, self._inner, self.loras = parent, inner, tuple(loras)
-        self.steps, self.pipelined = steps, pipelined
+        self.steps, self.mode = steps, mode
         self.index, self.merges = 0, 0
         self._told = 0  # LoRAs the follower has been told to merge
         self.residuals: tuple[ResidualRequest, float | None] | None = None
@@ -90,7 +90,7 @@ class SplitRequest:
             layout = StepLayout(tuple(model_input.shape), model_input.dtype, timestep.dtype)
             residuals, timeout = self.residuals if self.residuals is not None else (None, None)
             request = BranchRequest(
-                text.branch(UNCOND).to("cpu"), layout, residuals, self.loras or None, timeout, self.pipelined, self.steps
+                text.branch(UNCOND).to("cpu"), layout, residuals, self.loras or None, timeout, self.mode, self.steps
             )
             self.session = self._stack.enter_context(self._parent.pair.session(request))
         return self.session
@@ -178,12 +178,11 @@ class LatentParallel:
 
     def step_hooks(self, inner: StepHookFactory, mode: ControlNetMode = ControlNetMode.SYNCHRONOUS) -> StepHookFactory:
         """`mode` must be the engine's ControlNet mode: the follower schedules its residuals alike."""
-        pipelined = mode is ControlNetMode.PIPELINED
 
         def build(loras: Sequence[LoraUse], unet: torch.nn.Module, steps: int) -> StepHook:
             if not self.pair.healthy:
                 raise WorkerLost("latent-parallel replica is recovering its second worker")
-            return SplitRequest(self, inner(loras, unet, steps), loras, steps, pipelined)
+            return SplitRequest(self, inner(loras, unet, steps), loras, steps, mode)
 
         return build
 

@@ -13,8 +13,8 @@ from swiftdiffusion.runtime.cfg.worker import MergeFollower, ModelRef
 from swiftdiffusion.runtime.lora.loader import LoraLoad, LoraLoader
 from swiftdiffusion.runtime.lora.merge import WeightPatch
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
-from swiftdiffusion.runtime.residual_source import ResidualSource
-from swiftdiffusion.runtime.step_hooks import LoraUse
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse
+from swiftdiffusion.runtime.transport.residual_source import ResidualSource
 
 
 class LocalControlNets:
@@ -27,10 +27,10 @@ class LocalControlNets:
     def __call__(self, device: torch.device, dtype: torch.dtype) -> ResidualSource:
         from diffusers import ControlNetModel
 
-        from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
-        from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
-        from swiftdiffusion.runtime.metrics import RuntimeMetrics
-        from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+        from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
+        from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine
+        from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
+        from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 
         folder = Path(self.folder)
 

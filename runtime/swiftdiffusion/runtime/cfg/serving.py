@@ -11,29 +11,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import HealthServicer
 
-from swiftdiffusion.runtime.base_model import BaseModel
 from swiftdiffusion.runtime.cfg.leader import LatentParallel
 from swiftdiffusion.runtime.cfg.plugins import LoraFollowers
 from swiftdiffusion.runtime.cfg.worker import ModelRef, WorkerSpec
 from swiftdiffusion.runtime.config import RuntimeConfig
-from swiftdiffusion.runtime.denoise import ControlNetMode
-from swiftdiffusion.runtime.guidance import NoisePredictor
-from swiftdiffusion.runtime.residual_source import ResidualSource
-from swiftdiffusion.runtime.step_hooks import StepHookFactory
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a worker computes: what `residual_source_for` needs of a model."""
-
-    device: torch.device
-    dtype: torch.dtype
+from swiftdiffusion.runtime.pipeline.base_model import BaseModel
+from swiftdiffusion.runtime.pipeline.guidance import NoisePredictor
+from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
+from swiftdiffusion.runtime.pipeline.step_hooks import StepHookFactory
+from swiftdiffusion.runtime.transport.residual_source import ResidualSource
 
 
 class ConfiguredControlNets:
@@ -43,10 +34,10 @@ class ConfiguredControlNets:
         self.config = config
 
     def __call__(self, device: torch.device, dtype: torch.dtype) -> ResidualSource:
-        from swiftdiffusion.runtime.base_server import residual_source_for
-        from swiftdiffusion.runtime.metrics import RuntimeMetrics
+        from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
+        from swiftdiffusion.runtime.serving.residual_sources import residual_source_for
 
-        source = residual_source_for(self.config, Placement(device, dtype), RuntimeMetrics("base"))  # type: ignore[arg-type]
+        source = residual_source_for(self.config, device, dtype, RuntimeMetrics("base"))
         if source is None:
             raise RuntimeError("no ControlNet service or ControlNets configured")
         return source
@@ -56,7 +47,7 @@ def follower_spec(config: RuntimeConfig, model: BaseModel) -> WorkerSpec:
     """The second worker's device: `cuda:1` beside the leader's `cuda:0`, or on CPU the second
     half of the pod's cores (the leader keeps the first half: `split_cores`, called after)."""
     from swiftdiffusion.runtime.lora.service import lora_entries
-    from swiftdiffusion.runtime.model_store import resolve
+    from swiftdiffusion.runtime.serving.model_store import resolve
 
     base = config.require_base()
     ref = ModelRef(resolve(base.model, config.model_store), base.revision, config.model_store)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
@@ -19,10 +18,10 @@ from typing import Any, Protocol
 import torch
 
 from swiftdiffusion.runtime.cfg.exchange import BranchExchange, BranchReply, StepLayout
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.residual_source import ResidualRequest, ResidualSession, ResidualSource
-from swiftdiffusion.runtime.residuals import Residuals
-from swiftdiffusion.runtime.unet_split import predict_noise
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode, ResidualSchedule
+from swiftdiffusion.runtime.pipeline.unet_split import predict_noise
+from swiftdiffusion.runtime.transport.residual_source import ResidualRequest, ResidualSource
 
 UNCOND, COND = 0, 1  # diffusers' CFG batch order; the follower computes UNCOND
 
@@ -76,7 +75,7 @@ class BranchRequest:
     residuals: ResidualRequest | None = None  # opened by the follower, for its branch
     loras: Any = None  # handed to WorkerSpec.merge_follower
     timeout_s: float | None = None
-    pipelined: bool = False  # the ControlNet mode of the leader's loop, which this branch must follow
+    mode: ControlNetMode = ControlNetMode.SYNCHRONOUS  # the leader loop's, which this branch must follow
     steps: int = 0
 
 
@@ -94,25 +93,6 @@ def load_unet(spec: WorkerSpec) -> torch.nn.Module:
     return unet.to(spec.device).eval().requires_grad_(False)
 
 
-class BranchResiduals:
-    """The follower's residual session, scheduled as the denoising loop schedules the leader's:
-    synchronous, step t uses its own residuals; pipelined, step t uses step t-1's (step 0
-    waits for its own) and the last step asks for none."""
-
-    def __init__(self, session: ResidualSession, pipelined: bool, steps: int) -> None:
-        self.session, self._pipelined, self._steps = session, pipelined, steps
-        self._previous: Future[Residuals] | None = None
-
-    def for_step(self, index: int, latent: torch.Tensor, timestep: torch.Tensor) -> Future[Residuals]:
-        current = None
-        if not self._pipelined or self._previous is None or index < self._steps - 1:
-            current = self.session.request(index, latent, timestep)
-        use = current if not self._pipelined or self._previous is None else self._previous
-        self._previous = current if current is not None else self._previous
-        assert use is not None
-        return use
-
-
 class FollowerRuntime:
     """What the follower keeps between requests: its UNet, residual source and factories."""
 
@@ -128,7 +108,7 @@ class FollowerRuntime:
         text = request.text.to(self.device, self.dtype)
         exchange.prepare(request.layout)
         follower: MergeFollower | None = None
-        residuals: BranchResiduals | None = None
+        residuals: ResidualSchedule | None = None
         try:
             try:
                 if request.loras is not None:
@@ -139,7 +119,7 @@ class FollowerRuntime:
                     if self.source is None:
                         raise RuntimeError("this worker has no ControlNet residual source")
                     session = self.source.open(request.residuals, request.timeout_s)
-                    residuals = BranchResiduals(session, request.pipelined, request.steps)
+                    residuals = ResidualSchedule(session, request.mode, request.steps)
             except Exception as error:  # set-up failed: fail the first step, keep the protocol in step
                 return _fail_next_step(exchange, error)
             while not (command := exchange.recv_step()).is_end:

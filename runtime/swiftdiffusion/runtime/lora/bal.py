@@ -29,7 +29,7 @@ from swiftdiffusion.runtime.lora.merge import WeightPatch
 from swiftdiffusion.runtime.lora.metrics import LoraMetrics
 from swiftdiffusion.runtime.lora.replica_lock import ReplicaWeightsLock
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
-from swiftdiffusion.runtime.step_hooks import LoraUse
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse
 
 
 @dataclass

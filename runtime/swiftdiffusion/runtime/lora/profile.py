@@ -18,7 +18,6 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from swiftdiffusion.runtime.lora import profiles, source
@@ -112,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output is None and source.is_url(args.lora):
         print("--output is required for a LoRA served over HTTP", file=sys.stderr)
         return 2
-    from swiftdiffusion.runtime.base_model import BaseModel
-    from swiftdiffusion.runtime.model_store import resolve
+    from swiftdiffusion.runtime.pipeline.base_model import BaseModel
+    from swiftdiffusion.runtime.serving.model_store import resolve
 
     model = BaseModel.load(resolve(args.model, args.model_store), args.revision, args.dtype, args.model_store, args.device)
     curve = similarity_curve(

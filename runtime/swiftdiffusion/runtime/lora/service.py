@@ -5,11 +5,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from swiftdiffusion.runtime.base_model import BaseModel
 from swiftdiffusion.runtime.config import RuntimeConfig
 from swiftdiffusion.runtime.lora.bal import BalHookFactory
 from swiftdiffusion.runtime.lora.metrics import LoraMetrics
 from swiftdiffusion.runtime.lora.store import LoraEntry, LoraStore
+from swiftdiffusion.runtime.pipeline.base_model import BaseModel
 
 
 def lora_entries(config: RuntimeConfig) -> list[LoraEntry]:

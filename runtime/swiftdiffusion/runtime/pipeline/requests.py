@@ -5,10 +5,10 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from swiftdiffusion.runtime.control_image import decode_control_image
+from swiftdiffusion.runtime.controlnet.control_image import decode_control_image
 from swiftdiffusion.runtime.errors import InvalidArgument, NotFound
-from swiftdiffusion.runtime.residual_source import ControlNetUse
-from swiftdiffusion.runtime.step_hooks import LoraUse
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse
+from swiftdiffusion.runtime.transport.residual_source import ControlNetUse
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,19 @@ diffusers recomputes it at every step. Here it is computed once when a request's
 ControlNets are prepared; each step then runs the rest of the forward pass operation
 for operation as diffusers does for SDXL-style configs (text_time added embedding, no
 class embedding, no guess mode, no global pooling), so residuals stay bit-identical.
+
+Mirrors diffusers 0.42.1, `ControlNetModel.forward`; `MIRRORS` holds the digest of that
+source, and tests/runtime/test_mirrors.py fails when the installed diffusers' differs:
+re-read the upstream change, port it here, then update the digest.
 """
 from __future__ import annotations
 
 import torch
 
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.residuals import Residuals
+from swiftdiffusion.runtime.controlnet.residuals import Residuals
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+
+MIRRORS = {"diffusers.models.controlnets.controlnet:ControlNetModel.forward": "e6d7483145eb97b7"}
 
 
 def check_supported(model: torch.nn.Module) -> None:

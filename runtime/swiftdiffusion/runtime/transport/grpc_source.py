@@ -17,13 +17,13 @@ from concurrent.futures import Future
 import grpc
 import torch
 
-from swiftdiffusion.runtime.api import controlnet_pb2, controlnet_pb2_grpc
+from swiftdiffusion.runtime.controlnet.residuals import Residuals
 from swiftdiffusion.runtime.errors import Cancelled, DeadlineExceeded, RequestError, Unavailable
-from swiftdiffusion.runtime.grpc_common import CHANNEL_OPTIONS, error_from_rpc
-from swiftdiffusion.runtime.metrics import RuntimeMetrics
-from swiftdiffusion.runtime.residual_source import ResidualRequest
-from swiftdiffusion.runtime.residuals import Residuals
-from swiftdiffusion.runtime.tensor_codec import from_wire, to_wire
+from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_grpc
+from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS, error_from_rpc
+from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.transport.residual_source import ResidualRequest
+from swiftdiffusion.runtime.transport.tensor_codec import from_wire, to_wire
 
 _END = object()
 

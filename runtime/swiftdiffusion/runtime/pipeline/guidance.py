@@ -14,9 +14,9 @@ from typing import Protocol
 
 import torch
 
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.residuals import Residuals
-from swiftdiffusion.runtime.unet_split import predict_noise
+from swiftdiffusion.runtime.controlnet.residuals import Residuals
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.pipeline.unet_split import predict_noise
 
 AwaitResiduals = Callable[[], Residuals]
 

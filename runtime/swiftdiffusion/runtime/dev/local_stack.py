@@ -26,7 +26,7 @@ from swiftdiffusion.runtime.config import (
     RuntimeConfig,
     dump_config,
 )
-from swiftdiffusion.runtime.grpc_common import check_health
+from swiftdiffusion.runtime.serving.grpc_common import check_health
 
 
 def threads_per_service() -> int:

@@ -1,14 +1,12 @@
 """The denoising loop: diffusers' SDXL loop with its ControlNet call, CFG and LoRA merge behind seams.
 
 Per step: the hook runs (LoRA merge / BAL wait), the latent is scaled, the ControlNet
-residuals for it are requested from the residual session, and the noise predictor runs
-the UNet encoder while they are computed, then awaits them for the decoder. In pipelined
-mode step t uses the residuals requested at step t-1 (step 0 waits for its own), so the
-transfer of step t's residuals overlaps a whole step.
+residuals for it are requested from the residual session (on the `ResidualSchedule`:
+synchronous or pipelined), and the noise predictor runs the UNet encoder while they are
+computed, then awaits them for the decoder.
 """
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -18,17 +16,13 @@ from typing import Any
 
 import torch
 
-from swiftdiffusion.runtime.conditioning import TextConditioning
+from swiftdiffusion.runtime.controlnet.residuals import Residuals
 from swiftdiffusion.runtime.errors import Cancelled, DeadlineExceeded
-from swiftdiffusion.runtime.guidance import NoisePredictor
-from swiftdiffusion.runtime.residual_source import ResidualSession
-from swiftdiffusion.runtime.residuals import Residuals
-from swiftdiffusion.runtime.step_hooks import StepHook
-
-
-class ControlNetMode(enum.StrEnum):
-    SYNCHRONOUS = "synchronous"
-    PIPELINED = "pipelined"
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.pipeline.guidance import NoisePredictor
+from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode, ResidualSchedule
+from swiftdiffusion.runtime.pipeline.step_hooks import StepHook
+from swiftdiffusion.runtime.transport.residual_source import ResidualSession
 
 
 @dataclass
@@ -65,7 +59,7 @@ def denoise(
     """
     timings = timings if timings is not None else LoopTimings()
     latents, scheduler, steps = inputs.latents, inputs.scheduler, len(inputs.timesteps)
-    previous: Future[Residuals] | None = None
+    schedule = None if session is None else ResidualSchedule(session, mode, steps)
     for index, timestep in enumerate(inputs.timesteps):
         started = time.perf_counter()
         if is_cancelled():
@@ -75,36 +69,12 @@ def denoise(
         hook.before_step(index)
         model_input = scheduler.scale_model_input(latents, timestep)
         awaited = None
-        if session is not None:
-            use, previous = _residuals_for_step(session, mode, index, steps, model_input, timestep, previous)
-            awaited = _waiter(use, deadline, timings)
+        if schedule is not None:
+            awaited = _waiter(schedule.for_step(index, model_input, timestep), deadline, timings)
         noise = predictor.predict(model_input, timestep, inputs.text, awaited)
         latents = scheduler.step(noise, timestep, latents, **inputs.step_kwargs, return_dict=False)[0]
         timings.step_seconds.append(time.perf_counter() - started)
     return latents
-
-
-def _residuals_for_step(
-    session: ResidualSession,
-    mode: ControlNetMode,
-    index: int,
-    steps: int,
-    model_input: torch.Tensor,
-    timestep: torch.Tensor,
-    previous: Future[Residuals] | None,
-) -> tuple[Future[Residuals], Future[Residuals] | None]:
-    """(the future this step uses, the future the next step may use).
-
-    Synchronous: request this step's residuals and use them. Pipelined: use the previous
-    step's (step 0 has none and waits for its own) and request this step's for the next
-    step, except on the last step, whose request nobody would use.
-    """
-    if mode is ControlNetMode.SYNCHRONOUS or previous is None:
-        current = session.request(index, model_input, timestep)
-        return current, current
-    if index < steps - 1:
-        return previous, session.request(index, model_input, timestep)
-    return previous, None
 
 
 def _waiter(future: Future[Residuals], deadline: float | None, timings: LoopTimings) -> Callable[[], Residuals]:

@@ -10,7 +10,7 @@ import torch
 from grpc_health.v1 import health
 
 from swiftdiffusion.runtime.config import RuntimeConfig
-from swiftdiffusion.runtime.grpc_common import CHANNEL_OPTIONS, add_health
+from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS, add_health
 
 
 def apply_process_settings(config: RuntimeConfig) -> None:

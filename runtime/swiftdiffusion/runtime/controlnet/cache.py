@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 import torch
 
 from swiftdiffusion.runtime.errors import NotFound
-from swiftdiffusion.runtime.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 
 
 def model_bytes(model: torch.nn.Module) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from swiftdiffusion.runtime.api import controlnet_pb2
+from swiftdiffusion.runtime.serving.api import controlnet_pb2
 
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _NAMES = {dtype: name for name, dtype in WIRE_DTYPES.items()}

@@ -16,10 +16,10 @@ from PIL import Image, ImageDraw
 
 from swiftdiffusion.runtime.client import generate, generate_request
 from swiftdiffusion.runtime.config import Defaults, LoraEntry
-from swiftdiffusion.runtime.control_image import encode_png
-from swiftdiffusion.runtime.local_stack import StackOptions, local_stack
-from swiftdiffusion.runtime.lora.synthetic import lora_for_model_set
-from swiftdiffusion.runtime.model_factory import build_model_set
+from swiftdiffusion.runtime.controlnet.control_image import encode_png
+from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
+from swiftdiffusion.runtime.dev.model_factory import build_model_set
+from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set
 
 MODELS = Path(".models/tiny")
 OUT = Path("out/demo.png")

@@ -7,24 +7,21 @@ import time
 import grpc
 import torch
 
-from swiftdiffusion.runtime.api import base_pb2, base_pb2_grpc
-from swiftdiffusion.runtime.base_engine import BaseEngine
-from swiftdiffusion.runtime.base_model import DTYPES, BaseModel, to_png
 from swiftdiffusion.runtime.config import RuntimeConfig
-from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
-from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
-from swiftdiffusion.runtime.denoise import ControlNetMode
 from swiftdiffusion.runtime.errors import RequestError
-from swiftdiffusion.runtime.grpc_common import mark_serving, status_of
 from swiftdiffusion.runtime.lora.service import bal_step_hooks
-from swiftdiffusion.runtime.metrics import RuntimeMetrics
-from swiftdiffusion.runtime.model_store import controlnet_loader, resolve
-from swiftdiffusion.runtime.requests import GenerateParams, Limits
-from swiftdiffusion.runtime.residual_source import ControlNetUse, ResidualSource
-from swiftdiffusion.runtime.server_process import RunningServer, apply_process_settings, new_grpc_server
-from swiftdiffusion.runtime.step_hooks import LoraUse, StepHookFactory
-from swiftdiffusion.runtime.transport_grpc import GrpcResidualSource
-from swiftdiffusion.runtime.transport_inprocess import InProcessResidualSource
+from swiftdiffusion.runtime.pipeline.base_model import BaseModel, to_png
+from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+from swiftdiffusion.runtime.pipeline.requests import GenerateParams, Limits
+from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
+from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse, StepHookFactory
+from swiftdiffusion.runtime.serving.api import base_pb2, base_pb2_grpc
+from swiftdiffusion.runtime.serving.grpc_common import mark_serving, status_of
+from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.serving.model_store import resolve
+from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
+from swiftdiffusion.runtime.serving.residual_sources import residual_source_for
+from swiftdiffusion.runtime.transport.residual_source import ControlNetUse
 
 
 def lora_step_hooks(config: RuntimeConfig, model: BaseModel, metrics: RuntimeMetrics) -> StepHookFactory:
@@ -108,25 +105,6 @@ class BaseServicer(base_pb2_grpc.BaseServiceServicer):
         )
 
 
-def residual_source_for(config: RuntimeConfig, model: BaseModel, metrics: RuntimeMetrics) -> ResidualSource | None:
-    """The ControlNet service over gRPC, or, with no service configured, an in-process engine."""
-    base = config.require_base()
-    if base.controlnet_service:
-        return GrpcResidualSource(
-            base.controlnet_service, wire_dtype=base.residual_wire_dtype, metrics=metrics,
-            device=model.device, dtype=model.dtype,
-        )
-    if not config.controlnets:
-        return None
-    cache = ControlNetCache(
-        [c.name for c in config.controlnets],
-        controlnet_loader(config, model.device, base.dtype),
-        config.controlnet.cache_bytes,
-        metrics,
-    )
-    return InProcessResidualSource(ControlNetEngine(cache, model.device, DTYPES[base.dtype]))
-
-
 def start_base_server(config: RuntimeConfig) -> RunningServer:
     """Listen at once (health NOT_SERVING), load the model, then report SERVING."""
     apply_process_settings(config)
@@ -141,7 +119,7 @@ def start_base_server(config: RuntimeConfig) -> RunningServer:
         resolve(base.model, config.model_store), base.revision, base.dtype, config.model_store, config.device
     )
     metrics.observe_load("base", model.load_seconds)
-    source, hooks, predictor = residual_source_for(config, model, metrics), lora_step_hooks(config, model, metrics), None
+    source, hooks, predictor = residual_source_for(config, model.device, model.dtype, metrics), lora_step_hooks(config, model, metrics), None
     if base.latent_parallelism:  # the second CFG worker, on the pod's second device (runtime/cfg)
         from swiftdiffusion.runtime.cfg.serving import latent_parallel_parts
 

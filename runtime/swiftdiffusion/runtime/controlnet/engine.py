@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.control_image import decode_control_image, preprocess_control_image
-from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
-from swiftdiffusion.runtime.controlnet_forward import check_supported, controlnet_residuals, embed_control_image
+from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
+from swiftdiffusion.runtime.controlnet.control_image import decode_control_image, preprocess_control_image
+from swiftdiffusion.runtime.controlnet.forward import check_supported, controlnet_residuals, embed_control_image
+from swiftdiffusion.runtime.controlnet.residuals import Residuals, sum_residuals
 from swiftdiffusion.runtime.errors import InvalidArgument
-from swiftdiffusion.runtime.residual_source import ResidualRequest
-from swiftdiffusion.runtime.residuals import Residuals, sum_residuals
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.transport.residual_source import ResidualRequest
 
 
 @dataclass(frozen=True)

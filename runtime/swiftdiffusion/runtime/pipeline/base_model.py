@@ -18,8 +18,8 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.unet_split import check_supported
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.pipeline.unet_split import check_supported
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

@@ -6,6 +6,10 @@ the ControlNet service computes the residuals for the same inputs; the decoder h
 them and runs the up blocks. Together the halves reproduce diffusers'
 `UNet2DConditionModel.forward` operation for operation for SDXL-style configs (text_time
 added embedding, no class embedding, no attention masks, no adapters).
+
+Mirrors diffusers 0.42.1, `UNet2DConditionModel.forward`; `MIRRORS` holds the digest of
+that source, and tests/runtime/test_mirrors.py fails when the installed diffusers' differs:
+re-read the upstream change, port it here, then update the digest.
 """
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.residuals import Residuals
+from swiftdiffusion.runtime.controlnet.residuals import Residuals
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+
+MIRRORS = {"diffusers.models.unets.unet_2d_condition:UNet2DConditionModel.forward": "1204c3bdf748efbe"}
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine, PreparedControl
-from swiftdiffusion.runtime.residual_source import ResidualRequest
-from swiftdiffusion.runtime.residuals import Residuals
+from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine, PreparedControl
+from swiftdiffusion.runtime.controlnet.residuals import Residuals
+from swiftdiffusion.runtime.transport.residual_source import ResidualRequest
 
 
 class InProcessSession:

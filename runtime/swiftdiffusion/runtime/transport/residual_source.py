@@ -17,8 +17,8 @@ from typing import Protocol
 
 import torch
 
-from swiftdiffusion.runtime.conditioning import TextConditioning
-from swiftdiffusion.runtime.residuals import Residuals
+from swiftdiffusion.runtime.controlnet.residuals import Residuals
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
 
 
 @dataclass(frozen=True)

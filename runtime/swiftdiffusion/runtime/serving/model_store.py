@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from swiftdiffusion.runtime.base_model import DTYPES
 from swiftdiffusion.runtime.config import RuntimeConfig
+from swiftdiffusion.runtime.pipeline.base_model import DTYPES
 
 
 def resolve(reference: str, model_store: str | None) -> str:

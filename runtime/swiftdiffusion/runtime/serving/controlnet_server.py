@@ -12,19 +12,19 @@ from collections.abc import Iterator
 import grpc
 import torch
 
-from swiftdiffusion.runtime.api import controlnet_pb2, controlnet_pb2_grpc
-from swiftdiffusion.runtime.base_model import DTYPES, pick_device
-from swiftdiffusion.runtime.conditioning import TextConditioning
 from swiftdiffusion.runtime.config import RuntimeConfig
-from swiftdiffusion.runtime.controlnet_cache import ControlNetCache
-from swiftdiffusion.runtime.controlnet_engine import ControlNetEngine
+from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
+from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine
 from swiftdiffusion.runtime.errors import InvalidArgument, RequestError
-from swiftdiffusion.runtime.grpc_common import mark_serving, status_of
-from swiftdiffusion.runtime.metrics import RuntimeMetrics
-from swiftdiffusion.runtime.model_store import controlnet_loader
-from swiftdiffusion.runtime.residual_source import ControlNetUse, ResidualRequest
-from swiftdiffusion.runtime.server_process import RunningServer, apply_process_settings, new_grpc_server
-from swiftdiffusion.runtime.tensor_codec import WIRE_DTYPES, from_wire, to_wire
+from swiftdiffusion.runtime.pipeline.base_model import DTYPES, pick_device
+from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_grpc
+from swiftdiffusion.runtime.serving.grpc_common import mark_serving, status_of
+from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
+from swiftdiffusion.runtime.serving.model_store import controlnet_loader
+from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
+from swiftdiffusion.runtime.transport.residual_source import ControlNetUse, ResidualRequest
+from swiftdiffusion.runtime.transport.tensor_codec import WIRE_DTYPES, from_wire, to_wire
 
 
 def request_from_open(message: controlnet_pb2.SessionOpen) -> ResidualRequest:

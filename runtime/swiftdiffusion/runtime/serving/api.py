@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 try:
-    from swiftdiffusion.runtime.proto import base_pb2, base_pb2_grpc, controlnet_pb2, controlnet_pb2_grpc
+    from swiftdiffusion.runtime.serving.proto import base_pb2, base_pb2_grpc, controlnet_pb2, controlnet_pb2_grpc
 except ImportError as error:  # pragma: no cover - depends on the build step
     raise ImportError(
         "swiftdiffusion's gRPC code is not generated: run `make protos` "
