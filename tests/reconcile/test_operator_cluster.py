@@ -312,6 +312,17 @@ def test_unschedulable_pool_reports_not_ready_with_reason(operator: OperatorProc
     assert pods and all(not p["spec"].get("nodeName") for p in pods)
 
 
+def test_refused_child_is_reported_as_one_readable_sentence(operator: OperatorProcess, cluster: Cluster) -> None:
+    """The CRD still admits requests above limits; the API server refuses the Deployment."""
+    cluster.apply_workflow(_workflow("wf", basePool={"resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "2"}}}))
+    wait_until(lambda: cluster.condition("wf").get("reason") == "ReconcileFailed")
+    message = cluster.condition("wf")["message"]
+    assert message.startswith("applying children failed: Deployment swd-wf-base refused (Invalid): ")
+    assert "spec.template.spec.containers[0].resources.requests" in message and "less than or equal to" in message
+    assert "{" not in message and len(message) <= 430
+    assert cluster.condition("wf", "Degraded")["message"] == message
+
+
 def test_operator_serves_liveness_and_prometheus_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf"))
     cluster.wait_ready("wf")

@@ -18,6 +18,7 @@ from urllib3.exceptions import HTTPError
 
 from swiftdiffusion.operator import crd, drift, kube, render
 from swiftdiffusion.operator import model as m
+from swiftdiffusion.operator.api_errors import describe, shorten
 from swiftdiffusion.operator.cache import ChildCache
 from swiftdiffusion.operator.status import PoolObservation, compute_status
 
@@ -42,12 +43,6 @@ def _is_transient(error: Exception) -> bool:
     return isinstance(error, HTTPError | OSError)
 
 
-def _describe(error: Exception) -> str:
-    if isinstance(error, ApiException):
-        return f"{error.status} {error.reason}: {(error.body or '')[:500]}"
-    return f"{type(error).__name__}: {error}"
-
-
 @dataclass
 class Controller:
     api: ApiClient
@@ -61,7 +56,7 @@ class Controller:
                 return self.reconcile_workflow(namespace, name)
             return self.reconcile_shared_pool(namespace, name)
         except (ApiException, HTTPError, OSError) as error:
-            raise ReconcileError(_describe(error), transient=_is_transient(error)) from error
+            raise ReconcileError(describe(error), transient=_is_transient(error)) from error
 
     def _live(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A child's live state: from the watch-fed cache, else from the API server."""
@@ -123,15 +118,16 @@ class Controller:
         try:
             wf = m.Workflow.from_body(body)
         except pydantic.ValidationError as error:  # the CRD schema should make this unreachable
-            self._report(body, previous, [], f"spec does not match the operator's model: {error}")
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            self._report(body, previous, [], shorten(f"spec does not match the operator's model: {problems}"))
             raise ReconcileError(str(error), transient=False) from error
         try:
             applied = self._ensure_all(render.render_workflow(wf))
             if not render.has_dedicated_controlnet_pool(wf):
                 applied += self.prune(namespace, render.dedicated_controlnet_pool_name(wf.name))
         except ApiException as error:  # reported in status (once per distinct message), then retried
-            self._report(body, previous, self._observe(wf), f"applying children failed: {_describe(error)}")
-            raise ReconcileError(_describe(error), transient=_is_transient(error)) from error
+            self._report(body, previous, self._observe(wf), f"applying children failed: {describe(error)}")
+            raise ReconcileError(describe(error), transient=_is_transient(error)) from error
         if applied:
             log.info("%s/%s: changed %s", namespace, name, ", ".join(applied))
             kube.post_event(self.api, body, reason="Applied", message="changed " + ", ".join(applied))
