@@ -19,3 +19,14 @@ def test_half_precision_on_the_wire_halves_bytes_at_small_error(wire: str, toler
     assert len(message.data) == tensor.numel() * 2
     back = from_wire(message, dtype=torch.float32)
     assert 0 < (back - tensor).abs().max() < tolerance
+
+
+def test_truncated_payload_is_refused_naming_the_shape() -> None:
+    message = to_wire(torch.ones(2, 3))
+    message.data = message.data[:-4]
+    with pytest.raises(ValueError, match=r"shape \[2, 3\] needs 24 bytes, got 20"):
+        from_wire(message)
+
+
+def test_empty_tensor_round_trips() -> None:
+    assert from_wire(to_wire(torch.ones(0, 4))).shape == (0, 4)

@@ -24,7 +24,7 @@ from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.serving.model_store import controlnet_loader
 from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
 from swiftdiffusion.runtime.transport.residual_source import ControlNetUse, ResidualRequest
-from swiftdiffusion.runtime.transport.tensor_codec import WIRE_DTYPES, from_wire, to_wire
+from swiftdiffusion.runtime.transport.tensor_codec import WIRE_DTYPES, from_wire, to_wire, wire_bytes
 
 
 def request_from_open(message: controlnet_pb2.SessionOpen) -> ResidualRequest:
@@ -87,7 +87,7 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServiceServicer):
                 compute_seconds=time.perf_counter() - step_started,
             )
             self.metrics.step_seconds.observe(reply.compute_seconds)
-            self.metrics.residual_bytes.inc(sum(len(t.data) for t in (*reply.down, reply.mid)))
+            self.metrics.residual_bytes.inc(sum(wire_bytes(t) for t in (*reply.down, reply.mid)))
             yield controlnet_pb2.ResidualsResponse(residuals=reply)
 
 

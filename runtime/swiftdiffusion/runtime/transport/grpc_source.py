@@ -23,7 +23,7 @@ from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_gr
 from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS, error_from_rpc
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.transport.residual_source import ResidualRequest
-from swiftdiffusion.runtime.transport.tensor_codec import from_wire, to_wire
+from swiftdiffusion.runtime.transport.tensor_codec import from_wire, to_wire, wire_bytes
 
 _END = object()
 
@@ -115,7 +115,7 @@ class GrpcSession:
             tuple(from_wire(t, self._device, self._dtype) for t in message.down),
             from_wire(message.mid, self._device, self._dtype),
         )
-        self._metrics.residual_bytes.inc(sum(len(t.data) for t in (*message.down, message.mid)))
+        self._metrics.residual_bytes.inc(sum(wire_bytes(t) for t in (*message.down, message.mid)))
         self._metrics.residual_transfer_seconds.observe(time.perf_counter() - sent)
         future.set_result(residuals)
 
