@@ -24,7 +24,7 @@ from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.serving.model_store import controlnet_loader
 from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
 from swiftdiffusion.runtime.transport.residual_source import ControlNetUse, ResidualRequest
-from swiftdiffusion.runtime.transport.tensor_codec import WIRE_DTYPES, from_wire, to_wire, wire_bytes
+from swiftdiffusion.runtime.transport.tensor_codec import WIRE_DTYPES, from_wire, wire_bytes, write_wire
 
 
 def request_from_open(message: controlnet_pb2.SessionOpen) -> ResidualRequest:
@@ -80,15 +80,16 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServiceServicer):
                 raise InvalidArgument("step", "only `step` messages may follow `open`")
             step_started = time.perf_counter()
             residuals = self.engine.compute(prepared, from_wire(message.step.latent), from_wire(message.step.timestep))
-            reply = controlnet_pb2.StepResiduals(
-                step=message.step.step,
-                down=[to_wire(t, wire_dtype) for t in residuals.down],
-                mid=to_wire(residuals.mid, wire_dtype),
-                compute_seconds=time.perf_counter() - step_started,
-            )
+            response = controlnet_pb2.ResidualsResponse()
+            reply = response.residuals
+            reply.step = message.step.step
+            for tensor in residuals.down:
+                write_wire(reply.down.add(), tensor, wire_dtype)
+            write_wire(reply.mid, residuals.mid, wire_dtype)
+            reply.compute_seconds = time.perf_counter() - step_started
             self.metrics.step_seconds.observe(reply.compute_seconds)
             self.metrics.residual_bytes.inc(sum(wire_bytes(t) for t in (*reply.down, reply.mid)))
-            yield controlnet_pb2.ResidualsResponse(residuals=reply)
+            yield response
 
 
 def start_controlnet_server(config: RuntimeConfig) -> RunningServer:

@@ -23,7 +23,7 @@ from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_gr
 from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS, error_from_rpc
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.transport.residual_source import ResidualRequest
-from swiftdiffusion.runtime.transport.tensor_codec import from_wire, to_wire, wire_bytes
+from swiftdiffusion.runtime.transport.tensor_codec import from_wire, to_wire, wire_bytes, write_wire
 
 _END = object()
 
@@ -74,8 +74,11 @@ class GrpcSession:
                 future.set_exception(self._failure)
                 return future
             self._pending.append((future, time.perf_counter()))
-        message = controlnet_pb2.StepInput(step=step, latent=to_wire(latent), timestep=to_wire(timestep))
-        self._outgoing.put(controlnet_pb2.ResidualsRequest(step=message))
+        message = controlnet_pb2.ResidualsRequest()
+        message.step.step = step
+        write_wire(message.step.latent, latent)
+        write_wire(message.step.timestep, timestep)
+        self._outgoing.put(message)
         return future
 
     def close(self) -> None:
