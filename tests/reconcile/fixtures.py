@@ -7,25 +7,19 @@ those rules are enough. Stopping it is part of the fixture.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes.client import ApiClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from swiftdiffusion.operator import crd, kube, rbac, render
 from swiftdiffusion.operator import model as m
+from swiftdiffusion.operator.local_process import LocalOperator
 from tests.testbed.waiting import eventually
 
 WORKFLOWS = f"/apis/{m.GROUP}/{m.VERSION}/namespaces/{{ns}}/{m.PLURAL}"
@@ -58,12 +52,6 @@ def t2i_crd(k8s_client: ApiClient) -> Iterator[str]:
     kube.request(k8s_client, "DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{TEST_ROLE}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: str, target: pathlib.Path) -> str:
     """A kubeconfig for a ServiceAccount bound (in `namespace` only) to the operator's rules."""
     sa = rbac.NAME
@@ -87,68 +75,12 @@ def _service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: st
     return str(target)
 
 
-@dataclass
-class OperatorProcess:
-    """`swiftdiffusion-operator --namespace <ns>` as a child process."""
-
-    namespace: str
-    kubeconfig: str
-    log_path: pathlib.Path
-    metrics_port: int = field(default_factory=_free_port)
-    liveness_port: int = field(default_factory=_free_port)
-    process: subprocess.Popen | None = None
-
-    def start(self) -> OperatorProcess:
-        command = [sys.executable, "-m", "swiftdiffusion.operator.main", "--namespace", self.namespace,
-                   "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz",
-                   "--metrics-port", str(self.metrics_port)]
-        env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        eventually(self._alive, timeout=60, interval=0.2)
-        return self
-
-    def _alive(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, f"operator exited:\n{self.log_tail()}"
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as response:
-            return response.status == 200
-
-    def metrics(self) -> dict[str, float]:
-        """Samples as `name{label=value,...}` -> value."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}"] = sample.value
-        return out
-
-    def total(self, name: str) -> float:
-        return sum(v for k, v in self.metrics().items() if k.startswith(name + "{"))
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
 @pytest.fixture
 def operator(t2i_crd: str, k8s_client: ApiClient, kube_config: str, namespace: str,
-             tmp_path: pathlib.Path) -> Iterator[OperatorProcess]:
+             tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
     """The operator, running as its least-privilege ServiceAccount, watching `namespace`."""
     kubeconfig = _service_account_kubeconfig(k8s_client, kube_config, namespace, tmp_path / "operator.kubeconfig")
-    process = OperatorProcess(namespace, kubeconfig, tmp_path / "operator.log").start()
+    process = LocalOperator(namespace, kubeconfig, tmp_path / "operator.log").start()
     try:
         yield process
     finally:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from swiftdiffusion.operator import kube, rbac, render
-from tests.reconcile.fixtures import Cluster, OperatorProcess, settle, wait_until
+from swiftdiffusion.operator.local_process import LocalOperator
+from tests.reconcile.fixtures import Cluster, settle, wait_until
 from tests.reconcile.workflows import CANNY, DEPTH, example
 
 pytestmark = pytest.mark.cluster
@@ -50,7 +51,7 @@ def model_volume(cluster: Cluster) -> Iterator[str]:
         kube.request(cluster.api, "DELETE", f"/api/v1/persistentvolumes/{volume}")
 
 
-def test_examples_become_ready_with_pods_on_allowed_gpu_nodes(operator: OperatorProcess, cluster: Cluster,
+def test_examples_become_ready_with_pods_on_allowed_gpu_nodes(operator: LocalOperator, cluster: Cluster,
                                                               model_volume: str) -> None:
     names = []
     for file in ("sdxl-canny-depth", "sdxl-latent-parallel", "shared-pool"):
@@ -122,7 +123,7 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
 
 
 def test_invalid_workflows_are_rejected_naming_the_field_and_create_nothing(
-        operator: OperatorProcess, cluster: Cluster) -> None:
+        operator: LocalOperator, cluster: Cluster) -> None:
     assert len(INVALID) >= 15
     unexpected = []
     for case, (spec, field) in INVALID.items():
@@ -144,7 +145,7 @@ def test_invalid_workflows_are_rejected_naming_the_field_and_create_nothing(
     assert cluster.children() == []
 
 
-def test_deleted_children_are_recreated(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_deleted_children_are_recreated(operator: LocalOperator, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf", controlnets=[CANNY]))
     cluster.wait_ready("wf")
     for version, kind, name in (("apps/v1", "Deployment", "swd-wf-base"), ("v1", "Service", "swd-wf-cn"),
@@ -161,7 +162,7 @@ def _edit_deployment(cluster: Cluster, name: str, patch: dict[str, Any]) -> None
 
 
 def test_hand_edited_child_is_put_back_but_autoscaled_replicas_are_left_alone(
-        operator: OperatorProcess, cluster: Cluster) -> None:
+        operator: LocalOperator, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf", basePool={"autoscaling": {"enabled": True, "maxReplicas": 4}}))
     cluster.wait_ready("wf")
     _edit_deployment(cluster, "swd-wf-base", {"spec": {"replicas": 3}})  # what an autoscaler does
@@ -184,7 +185,7 @@ def test_hand_edited_child_is_put_back_but_autoscaled_replicas_are_left_alone(
     wait_until(lambda: cluster.get("v1", "ConfigMap", "swd-wf-base")["data"]["config.yaml"].startswith("role: base"))
 
 
-def test_spec_update_rolls_the_pools(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_spec_update_rolls_the_pools(operator: LocalOperator, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf", controlnets=[CANNY]))
     cluster.wait_ready("wf")
     before = {pool: cluster.get("apps/v1", "Deployment", pool) for pool in ("swd-wf-base", "swd-wf-cn")}
@@ -210,7 +211,7 @@ def _served(cluster: Cluster) -> str:
 
 
 def test_shared_pool_serves_the_union_and_lives_until_the_last_workflow_is_deleted(
-        operator: OperatorProcess, cluster: Cluster) -> None:
+        operator: LocalOperator, cluster: Cluster) -> None:
     shared = {"sharedPoolName": "shared"}
     cluster.apply_workflow(_workflow("a", controlnets=[CANNY], controlnetPool=shared))
     cluster.apply_workflow(_workflow("b", controlnets=[DEPTH], controlnetPool=shared))
@@ -234,7 +235,7 @@ def test_shared_pool_serves_the_union_and_lives_until_the_last_workflow_is_delet
     wait_until(lambda: cluster.children() == [], timeout=90)
 
 
-def test_pools_a_workflow_stops_using_are_deleted_while_it_lives(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_pools_a_workflow_stops_using_are_deleted_while_it_lives(operator: LocalOperator, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf", controlnets=[CANNY], controlnetPool={"sharedPoolName": "old"}))
     cluster.wait_ready("wf")
     assert cluster.get("apps/v1", "Deployment", "swd-cn-old") is not None
@@ -264,7 +265,7 @@ def _snapshot(cluster: Cluster) -> dict[str, str]:
 
 
 def test_operator_restart_creates_no_duplicates_and_writes_nothing(
-        operator: OperatorProcess, cluster: Cluster) -> None:
+        operator: LocalOperator, cluster: Cluster) -> None:
     for doc in example("shared-pool") + [_workflow("solo", controlnets=[CANNY])]:
         cluster.apply_workflow(doc)
     for name in ("product-shots", "character-poses", "solo"):
@@ -287,7 +288,7 @@ def test_operator_restart_creates_no_duplicates_and_writes_nothing(
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
-        operator: OperatorProcess, cluster: Cluster) -> None:
+        operator: LocalOperator, cluster: Cluster) -> None:
     operator.stop()
     for i in range(3):
         cluster.apply_workflow(_workflow(f"wf{i}", controlnets=[CANNY, DEPTH]))
@@ -301,7 +302,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     assert len(names) == len(set(names)) == 3 * 8
 
 
-def test_unschedulable_pool_reports_not_ready_with_reason(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_unschedulable_pool_reports_not_ready_with_reason(operator: LocalOperator, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf", basePool={"gpuProducts": ["NVIDIA-A100-SXM4-80GB"]}))
     wait_until(lambda: cluster.condition("wf", "Progressing").get("status") == "True")
     settle()
@@ -312,7 +313,7 @@ def test_unschedulable_pool_reports_not_ready_with_reason(operator: OperatorProc
     assert pods and all(not p["spec"].get("nodeName") for p in pods)
 
 
-def test_refused_child_is_reported_as_one_readable_sentence(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_refused_child_is_reported_as_one_readable_sentence(operator: LocalOperator, cluster: Cluster) -> None:
     """The CRD still admits requests above limits; the API server refuses the Deployment."""
     cluster.apply_workflow(_workflow("wf", basePool={"resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "2"}}}))
     wait_until(lambda: cluster.condition("wf").get("reason") == "ReconcileFailed")
@@ -323,7 +324,7 @@ def test_refused_child_is_reported_as_one_readable_sentence(operator: OperatorPr
     assert cluster.condition("wf", "Degraded")["message"] == message
 
 
-def test_operator_serves_liveness_and_prometheus_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_operator_serves_liveness_and_prometheus_metrics(operator: LocalOperator, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf"))
     cluster.wait_ready("wf")
     metrics = operator.metrics()  # parses as Prometheus text
@@ -342,7 +343,7 @@ def _allowed(cluster: Cluster, verb: str, group: str, resource: str) -> bool:
     return review["status"].get("allowed", False)
 
 
-def test_operator_service_account_is_least_privilege(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_operator_service_account_is_least_privilege(operator: LocalOperator, cluster: Cluster) -> None:
     """The operator works under the generated rules (every test here runs it so) and they grant no more."""
     assert _allowed(cluster, "patch", "apps", "deployments")
     assert _allowed(cluster, "patch", "swiftdiffusion.io", "t2iworkflows/status")
