@@ -2,7 +2,8 @@
 
 Tests, the demo and the CPU benchmarks need real diffusers/transformers classes with
 deterministic weights but no download. The folders written here load with the same
-`from_pretrained` code path as real SDXL model ids.
+`from_pretrained` code path as real SDXL model ids. The "sdxl" size is the real SDXL-base
+architecture (a 2.6B-parameter UNet) for GPU benchmarks: build it on the GPU, in float16.
 """
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-ModelSize = Literal["tiny", "mid"]
+if TYPE_CHECKING:
+    import torch
+
+ModelSize = Literal["tiny", "mid", "sdxl"]
 MODEL_SET_VERSION = 1
 _STAMP = "swiftdiffusion-model-set.json"
 
 
 @dataclass(frozen=True)
 class SetShape:
-    """The few numbers that differ between the tiny and the mid model set."""
+    """The few numbers that differ between the model set sizes."""
 
     unet_channels: tuple[int, ...]
     transformer_layers: tuple[int, ...]
@@ -33,6 +37,8 @@ class SetShape:
     vae_channels: tuple[int, ...]
     sample_size: int
     time_embed_dim: int
+    text_layers_2: int | None = None  # the second text encoder's depth where it differs
+    vae_layers: int = 1
 
 
 SHAPES: dict[str, SetShape] = {
@@ -58,6 +64,23 @@ SHAPES: dict[str, SetShape] = {
         sample_size=64,
         time_embed_dim=256,
     ),
+    # stabilityai/stable-diffusion-xl-base-1.0's architecture: UNet (320, 640, 1280) with
+    # (1, 2, 10) transformer layers, cross-attention 2048, a text_time embedding of
+    # 6 * 256 + 1280 = 2816; CLIP ViT-L (768 wide, 12 layers) and OpenCLIP bigG (1280 wide,
+    # 32 layers); the SDXL VAE (128, 256, 512, 512), two layers per block.
+    "sdxl": SetShape(
+        unet_channels=(320, 640, 1280),
+        transformer_layers=(0, 2, 10),
+        head_dim=64,
+        text_width=768,
+        text_width_2=1280,
+        text_layers=12,
+        text_layers_2=32,
+        vae_channels=(128, 256, 512, 512),
+        vae_layers=2,
+        sample_size=128,
+        time_embed_dim=256,
+    ),
 }
 
 
@@ -66,23 +89,35 @@ def build_model_set(
     size: ModelSize = "tiny",
     controlnets: Sequence[str] = ("canny", "depth", "pose"),
     seed: int = 0,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> Path:
     """Write `root/base` (an SDXL pipeline folder) and `root/controlnets/<name>`; return root.
 
     Idempotent: a folder already built with the same parameters is left alone. The set is
     written to a scratch folder and renamed into place, so concurrent builders never see
     half a model set.
+
+    `device` is where the weights are initialised (a GPU builds the "sdxl" size in seconds,
+    a CPU in minutes; their random numbers differ), `dtype` the dtype they are saved in.
     """
+    import torch
+
     root = Path(root)
     params = {"version": MODEL_SET_VERSION, "size": size, "controlnets": list(controlnets), "seed": seed}
+    device = torch.device(device).type
+    if (device, dtype) != ("cpu", "float32"):  # the stamp of a default build stays as it was
+        params.update(device=device, dtype=dtype)
     if model_set_params(root) == params:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        unet = _save_base(scratch / "base", SHAPES[size], seed)
-        for index, name in enumerate(controlnets):
-            _save_controlnet(scratch / "controlnets" / name, unet, seed + 1000 * (index + 1))
+        with torch.device(device):
+            unet = _save_base(scratch / "base", SHAPES[size], seed, getattr(torch, dtype))
+            for index, name in enumerate(controlnets):
+                _save_controlnet(scratch / "controlnets" / name, unet, seed + 1000 * (index + 1), getattr(torch, dtype))
         (scratch / _STAMP).write_text(json.dumps(params))
         if model_set_params(root) == params:  # another builder won the race
             return root
@@ -94,7 +129,7 @@ def build_model_set(
     return root
 
 
-def _save_base(folder: Path, shape: SetShape, seed: int):  # -> UNet2DConditionModel
+def _save_base(folder: Path, shape: SetShape, seed: int, dtype: torch.dtype):  # -> UNet2DConditionModel
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -130,7 +165,7 @@ def _save_base(folder: Path, shape: SetShape, seed: int):  # -> UNet2DConditionM
         down_block_types=("DownEncoderBlock2D",) * len(shape.vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(shape.vae_channels),
         latent_channels=4,
-        layers_per_block=1,
+        layers_per_block=shape.vae_layers,
         norm_num_groups=32,
         sample_size=shape.sample_size * 8,
         scaling_factor=0.13025,
@@ -142,7 +177,6 @@ def _save_base(folder: Path, shape: SetShape, seed: int):  # -> UNet2DConditionM
         pad_token_id=tokenizer.pad_token_id,
         vocab_size=len(tokenizer),
         max_position_embeddings=tokenizer.model_max_length,
-        num_hidden_layers=shape.text_layers,
         hidden_act="gelu",
         layer_norm_eps=1e-5,
     )
@@ -152,6 +186,7 @@ def _save_base(folder: Path, shape: SetShape, seed: int):  # -> UNet2DConditionM
             intermediate_size=4 * shape.text_width,
             num_attention_heads=_text_heads(shape.text_width),
             projection_dim=shape.text_width,
+            num_hidden_layers=shape.text_layers,
             **text_config,
         )
     )
@@ -161,6 +196,7 @@ def _save_base(folder: Path, shape: SetShape, seed: int):  # -> UNet2DConditionM
             intermediate_size=4 * shape.text_width_2,
             num_attention_heads=_text_heads(shape.text_width_2),
             projection_dim=projection_dim,
+            num_hidden_layers=shape.text_layers_2 or shape.text_layers,
             **text_config,
         )
     )
@@ -182,6 +218,7 @@ def _save_base(folder: Path, shape: SetShape, seed: int):  # -> UNet2DConditionM
         unet=unet,
         scheduler=scheduler,
     )
+    _cast(pipeline, dtype)
     pipeline.save_pretrained(folder, safe_serialization=True)
     return unet
 
@@ -190,21 +227,31 @@ def _text_heads(width: int) -> int:
     return width // 64 if width >= 64 else 4
 
 
-def _save_controlnet(folder: Path, unet, seed: int) -> None:
-    """A ControlNet copied from the UNet, with its zero convolutions randomised so it acts."""
+def _cast(model, dtype: torch.dtype):  # (pipeline or model) -> the same
+    """Cast only when needed: diffusers warns on every `.to(dtype)`, even a no-op one."""
+    return model if model.dtype == dtype else model.to(dtype=dtype)
+
+
+def _save_controlnet(folder: Path, unet, seed: int, dtype: torch.dtype) -> None:
+    """A ControlNet copied from the UNet, with its zero convolutions randomised so it acts.
+    The random values are drawn on the CPU whatever the build device, so they are the same."""
     import torch
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256))
+    controlnet = _cast(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256)), dtype)
     zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator("cpu").manual_seed(seed)
+
+    def randn(shape: torch.Size) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device="cpu")
+
     with torch.no_grad():
         for conv in zero_convs:
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.05)
-            conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.01)
+            conv.weight.copy_(randn(conv.weight.shape) * 0.05)
+            conv.bias.copy_(randn(conv.bias.shape) * 0.01)
         last = controlnet.controlnet_cond_embedding.conv_out
-        last.weight.copy_(torch.randn(last.weight.shape, generator=generator) * 0.05)
+        last.weight.copy_(randn(last.weight.shape) * 0.05)
     controlnet.save_pretrained(folder, safe_serialization=True)
 
 
