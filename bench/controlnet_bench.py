@@ -238,7 +238,7 @@ class EmbedEveryStep(ControlNetEngine):
         prepared = super().prepare(request)
         batch = prepared.text.prompt_embeds.shape[0]
         images = tuple(
-            preprocess_control_image(decode_control_image(use.image, request.width, request.height, "image"),
+            preprocess_control_image(decode_control_image(use.image, "image"), request.width, request.height,
                                      batch, self.device, self.dtype)
             for use in request.controlnets
         )
@@ -312,7 +312,8 @@ class Components:
         start = model.start(steps, size, size, 0, torch.float32)
         self.t = start.timesteps[min(3, steps - 1)]
         self.x = start.scheduler.scale_model_input(torch.cat([start.latents] * 2), self.t)
-        self.conds = [preprocess_control_image(i, 2, torch.device("cpu"), torch.float32) for i in images]
+        self.conds = [preprocess_control_image(i, i.width, i.height, 2, torch.device("cpu"), torch.float32)
+                      for i in images]
         self.embeddings = [embed_control_image(net, cond) for net, cond in zip(nets, self.conds, strict=True)]
         self.encoded = unet_encode(self.unet, self.x, self.t, self.text)
 

@@ -1,6 +1,7 @@
 """Shared test helpers: control images and diffusers reference runs on the tiny model set."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,11 @@ def control_image(size: int, variant: int = 0) -> Image.Image:
     return image
 
 
-def params_with(count: int, size: int = 64, steps: int = 3, seed: int = 7, guidance: float = 5.0) -> GenerateParams:
-    uses = tuple(ControlNetUse(NAMES[i], encode_png(control_image(size, i)), SCALES[i]) for i in range(count))
+def params_with(count: int, size: int = 64, steps: int = 3, seed: int = 7, guidance: float = 5.0,
+                control_size: int | None = None) -> GenerateParams:
+    """A request with `count` ControlNets whose control images are `control_size` px (default: `size`)."""
+    side = control_size or size
+    uses = tuple(ControlNetUse(NAMES[i], encode_png(control_image(side, i)), SCALES[i]) for i in range(count))
     return GenerateParams(
         prompt="a red cube on a table", negative_prompt="", seed=seed, steps=steps,
         guidance_scale=guidance, width=size, height=size, controlnets=uses,
@@ -50,7 +54,7 @@ def diffusers_reference(model_set: Path, params: GenerateParams, output_type: st
         pipe = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True)
     else:
         nets = [ControlNetModel.from_pretrained(model_set / "controlnets" / u.name) for u in params.controlnets]
-        images = [control_image(params.width, NAMES.index(u.name)) for u in params.controlnets]
+        images = [Image.open(io.BytesIO(u.image)) for u in params.controlnets]  # the very bytes we were sent
         scales = [u.conditioning_scale for u in params.controlnets]
         single = len(nets) == 1
         pipe = StableDiffusionXLControlNetPipeline.from_pretrained(

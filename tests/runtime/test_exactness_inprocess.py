@@ -33,6 +33,17 @@ def test_decoded_image_matches_diffusers_with_two_controlnets(engine: BaseEngine
     np.testing.assert_array_equal(ours, reference)
 
 
+@pytest.mark.parametrize("control_size", [128, 40])
+def test_control_image_of_another_size_is_resized_as_diffusers_does(
+    engine: BaseEngine, tiny_model_set: Path, control_size: int
+) -> None:
+    params = params_with(2, control_size=control_size)
+    ours = engine.generate(params, decode=False).latents.numpy()
+    np.testing.assert_array_equal(ours, diffusers_reference(tiny_model_set, params))
+    same_size = engine.generate(params_with(2), decode=False).latents.numpy()
+    assert np.abs(ours - same_size).max() > 1e-4, "the resized image must be what conditions the result"
+
+
 def test_controlnets_change_the_result(engine: BaseEngine) -> None:
     without = engine.generate(params_with(0), decode=False).latents
     with_one = engine.generate(params_with(1), decode=False).latents

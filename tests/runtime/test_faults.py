@@ -42,7 +42,7 @@ def test_unknown_model_names_are_not_found(tiny_stack, fields, named) -> None:
     ("fields", "field_name"),
     [
         ({"controlnets": [("canny", b"not an image", None)]}, "controlnets[0].image"),
-        ({"controlnets": [("canny", encode_png(control_image(128)), None)]}, "controlnets[0].image"),
+        ({"controlnets": [("canny", encode_png(control_image(128))[:200], None)]}, "controlnets[0].image"),
         ({"width": 100}, "width"),
         ({"height": 4096}, "height"),
         ({"steps": 0}, "steps"),
@@ -55,6 +55,7 @@ def test_bad_fields_are_invalid_argument_naming_the_field(tiny_stack, fields, fi
     error = _status(tiny_stack.base.target, **fields)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith(field_name)
+    assert "0x" not in error.details() and "<" not in error.details(), "no Python reprs in messages"
 
 
 @pytest.fixture

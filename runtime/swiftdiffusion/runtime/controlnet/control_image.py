@@ -1,4 +1,9 @@
-"""Control images: decoded and checked once per request, preprocessed as diffusers does."""
+"""Control images: decoded and checked once per request, preprocessed as diffusers does.
+
+A control image of another size than the request's is resized to it exactly as
+`StableDiffusionXLControlNetPipeline` resizes it (its control image processor, PIL
+Lanczos), so a client may send the image it has.
+"""
 from __future__ import annotations
 
 import io
@@ -13,23 +18,26 @@ from swiftdiffusion.runtime.errors import InvalidArgument
 _PROCESSOR = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
 
 
-def decode_control_image(data: bytes, width: int, height: int, field: str) -> Image.Image:
-    """Decode an encoded image and insist on the request's size (no silent resize)."""
+def decode_control_image(data: bytes, field: str) -> Image.Image:
+    """Decode an encoded image (PNG, JPEG, WebP, ...); `field` names it in the error."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise InvalidArgument(field, f"not a decodable image ({error})") from None
-    if image.size != (width, height):
-        raise InvalidArgument(field, f"image is {image.size[0]}x{image.size[1]}, request is {width}x{height}")
+    except UnidentifiedImageError:
+        raise InvalidArgument(field, "not an image in a format the service reads (PNG, JPEG, WebP, ...)") from None
+    except Image.DecompressionBombError:
+        raise InvalidArgument(field, f"larger than {Image.MAX_IMAGE_PIXELS * 2} pixels") from None
+    except (OSError, ValueError, SyntaxError):
+        raise InvalidArgument(field, "a damaged or truncated image") from None
     return image
 
 
 def preprocess_control_image(
-    image: Image.Image, batch: int, device: torch.device, dtype: torch.dtype
+    image: Image.Image, width: int, height: int, batch: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The pipeline's `prepare_image`: to a [0, 1] tensor, repeated to the CFG batch."""
-    tensor = _PROCESSOR.preprocess(image, height=image.height, width=image.width).to(dtype=torch.float32)
+    """The pipeline's `prepare_image`: resized to the request's size, a [0, 1] tensor,
+    repeated to the CFG batch."""
+    tensor = _PROCESSOR.preprocess(image, height=height, width=width).to(dtype=torch.float32)
     # The pipeline's repeat_interleave leaves a contiguous NCHW copy; convolutions over a
     # channels-last view differ in the last bits, so match the layout, not just the values.
     tensor = tensor.contiguous().to(device=device, dtype=dtype)

@@ -46,7 +46,9 @@ class ControlNetEngine:
         batch = text.prompt_embeds.shape[0]
         images = tuple(
             preprocess_control_image(
-                decode_control_image(use.image, request.width, request.height, f"controlnets[{i}].image"),
+                decode_control_image(use.image, f"controlnets[{i}].image"),
+                request.width,
+                request.height,
                 batch,
                 self.device,
                 self.dtype,

@@ -52,7 +52,7 @@ def validate(params: GenerateParams, limits: Limits, controlnet_names: Collectio
             raise NotFound("ControlNet", use.name)
         if not (math.isfinite(use.conditioning_scale) and 0.0 <= use.conditioning_scale <= 10.0):
             raise InvalidArgument(f"controlnets[{index}].conditioning_scale", "must be within [0, 10]")
-        decode_control_image(use.image, params.width, params.height, f"controlnets[{index}].image")
+        decode_control_image(use.image, f"controlnets[{index}].image")
     for index, lora in enumerate(params.loras):
         if lora.k is not None and lora.k < 0:
             raise InvalidArgument(f"loras[{index}].k", "must be >= 0")
