@@ -88,11 +88,11 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "controlnet pool min above max": ({"controlnets": [CANNY], "controlnetPool": {"autoscaling": {
         "minReplicas": 3, "maxReplicas": 1}}}, "spec.controlnetPool.autoscaling.minReplicas"),
     "lora k above steps": ({"base": {"model": BASE_MODEL, "defaults": {"steps": 20}},
-                            "loras": [{"name": "a", "source": "/a", "k": 25}]}, "spec.loras"),
+                            "loras": [{"name": "a", "source": "/a.safetensors", "k": 25}]}, "spec.loras"),
     "bal default k above steps": ({"base": {"model": BASE_MODEL, "defaults": {"steps": 8}}},
                                   "spec.serving.balDefaultK"),
     "duplicate controlnet names": ({"controlnets": [CANNY, {**DEPTH, "name": "canny"}]}, "spec.controlnets[1]"),
-    "duplicate lora names": ({"loras": [{"name": "a", "source": "/a"}, {"name": "a", "source": "/b"}]},
+    "duplicate lora names": ({"loras": [{"name": "a", "source": "/a.safetensors"}, {"name": "a", "source": "/b.safetensors"}]},
                              "spec.loras[1]"),
     "unknown latent parallelism": ({"serving": {"latentParallelism": "Sometimes"}},
                                    "spec.serving.latentParallelism"),
@@ -100,7 +100,7 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "empty gpu product list": ({"basePool": {"gpuProducts": []}}, "spec.basePool.gpuProducts"),
     "negative conditioning scale": ({"controlnets": [{**CANNY, "conditioningScale": -0.5}]},
                                     "spec.controlnets[0].conditioningScale"),
-    "negative lora scale": ({"loras": [{"name": "a", "source": "/a", "scale": -1}]}, "spec.loras[0].scale"),
+    "negative lora scale": ({"loras": [{"name": "a", "source": "/a.safetensors", "scale": -1}]}, "spec.loras[0].scale"),
     "negative guidance scale": ({"base": {"model": BASE_MODEL, "defaults": {"guidanceScale": -1}}},
                                 "spec.base.defaults.guidanceScale"),
     "width not a multiple of 8": ({"base": {"model": BASE_MODEL, "defaults": {"width": 1020}}},
@@ -119,6 +119,36 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "shared pool name not a dns label": ({"controlnets": [CANNY], "controlnetPool": {"sharedPoolName": "Pool_1"}},
                                          "spec.controlnetPool.sharedPoolName"),
     "negative replicas": ({"basePool": {"replicas": -1}}, "spec.basePool.replicas"),
+    # Classes the API server would otherwise admit and then refuse in the rendered children:
+    "pod label value with a space": ({"basePool": {"podLabels": {"team": "a b"}}}, "spec.basePool.podLabels.team"),
+    "pod label key not a qualified name": ({"basePool": {"podLabels": {"bad key": "x"}}}, "spec.basePool.podLabels"),
+    "pod label key prefix too long": ({"basePool": {"podLabels": {"a" * 254 + "/x": "y"}}},
+                                      "spec.basePool.podLabels"),
+    "pod label colliding with the pool selector": ({"basePool": {"podLabels": {"swiftdiffusion.io/pool": "x"}}},
+                                                   "spec.basePool.podLabels"),
+    "pod label colliding with managed-by": ({"controlnets": [CANNY], "controlnetPool": {
+        "podLabels": {"app.kubernetes.io/managed-by": "me"}}}, "spec.controlnetPool.podLabels"),
+    "pod annotation key not a qualified name": ({"basePool": {"podAnnotations": {"-x": "y"}}},
+                                                "spec.basePool.podAnnotations"),
+    "toleration with empty key and operator Equal": ({"basePool": {"tolerations": [{"value": "x"}]}},
+                                                     "spec.basePool.tolerations[0].operator"),
+    "toleration Exists with a value": ({"basePool": {"tolerations": [{"key": "k", "operator": "Exists",
+                                                                      "value": "v"}]}},
+                                       "spec.basePool.tolerations[0].value"),
+    "toleration seconds without NoExecute": ({"basePool": {"tolerations": [{"key": "k", "value": "v",
+                                                                            "tolerationSeconds": 5}]}},
+                                             "spec.basePool.tolerations[0].tolerationSeconds"),
+    "toleration key not a qualified name": ({"basePool": {"tolerations": [{"key": "a b", "value": "v"}]}},
+                                            "spec.basePool.tolerations[0].key"),
+    "requests above limits": ({"basePool": {"resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "2"}}}},
+                              "spec.basePool.resources.requests"),
+    "memory requests above limits in other units": ({"basePool": {"resources": {
+        "requests": {"memory": "2Gi"}, "limits": {"memory": "2000M"}}}}, "spec.basePool.resources.requests"),
+    "negative cpu": ({"basePool": {"resources": {"requests": {"cpu": "-1"}}}}, "spec.basePool.resources.requests"),
+    "unknown resource": ({"basePool": {"resources": {"limits": {"example.com/fpga": 1}}}}, "spec.basePool.resources"),
+    "lora source that is a model id": ({"loras": [{"name": "a", "source": "someone/pixel-art"}]},
+                                       "spec.loras[0].source"),
+    "lora source that is pickled": ({"loras": [{"name": "a", "source": "https://h/x.ckpt"}]}, "spec.loras[0].source"),
 }
 
 
@@ -314,13 +344,19 @@ def test_unschedulable_pool_reports_not_ready_with_reason(operator: LocalOperato
 
 
 def test_refused_child_is_reported_as_one_readable_sentence(operator: LocalOperator, cluster: Cluster) -> None:
-    """The CRD still admits requests above limits; the API server refuses the Deployment."""
-    cluster.apply_workflow(_workflow("wf", basePool={"resources": {"requests": {"cpu": "4"}, "limits": {"cpu": "2"}}}))
+    """A foreign Deployment already holds the base pool's name: its selector is immutable,
+    so the API server refuses the operator's apply."""
+    foreign = {"app": "foreign"}
+    kube.request(cluster.api, "POST", f"/apis/apps/v1/namespaces/{cluster.namespace}/deployments", body={
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "swd-wf-base"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": foreign}, "template": {
+            "metadata": {"labels": foreign}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})
+    cluster.apply_workflow(_workflow("wf"))
     wait_until(lambda: cluster.condition("wf").get("reason") == "ReconcileFailed")
     message = cluster.condition("wf")["message"]
     assert message.startswith("applying children failed: Deployment swd-wf-base refused (Invalid): ")
-    assert "spec.template.spec.containers[0].resources.requests" in message and "less than or equal to" in message
-    assert "{" not in message and len(message) <= 430
+    assert "spec.selector" in message and "immutable" in message
+    assert '"kind"' not in message and "causes" not in message and len(message) <= 430, "no raw Status body"
     assert cluster.condition("wf", "Degraded")["message"] == message
 
 

@@ -15,6 +15,21 @@ Schema = dict[str, Any]
 DNS_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
 SHARED_POOL_FIELD = ".spec.controlnetPool.sharedPoolName"
 MAX_NAME = 50  # leaves room for the "swd-" prefix and pool suffixes within 63 characters
+# Kubernetes' qualified name (label and annotation keys): an optional DNS-subdomain prefix
+# of at most 253 characters, "/", and a name of at most 63.
+QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+PREFIX_LENGTH = r"^([^/]{1,253}/)?[^/]+$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+# Pod labels the operator sets itself and selects its pods by: a user's must not collide.
+RESERVED_LABEL_PREFIX = "swiftdiffusion.io/"
+RESERVED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/instance",
+                   "app.kubernetes.io/managed-by")
+POD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+# What the runtime reads (runtime/lora/source.py): a .safetensors file by absolute path, by a
+# path relative to the model store, as a file:/// URL or an http(s) URL (query allowed).
+LORA_SOURCE = (r"^(?i)(https?://[^/?#]+/[^?#]*\\.safetensors([?#].*)?"
+               r"|file:///[^?#]*\\.safetensors|[^:?#]*\\.safetensors)$")
 
 
 def _string(description: str, **extra: Any) -> Schema:
@@ -62,16 +77,36 @@ def _rule(rule: str, message: str, field_path: str | None = None) -> Schema:
     return out
 
 
-def _string_map(description: str) -> Schema:
+def _keys_rules(path: str) -> list[Schema]:
+    return [
+        _rule(f"self.all(k, k.matches('{QUALIFIED_NAME}') && k.matches('{PREFIX_LENGTH}'))",
+              f"{path} keys must be qualified names: an optional DNS subdomain prefix of at most 253 "
+              "characters and '/', then at most 63 alphanumerics, '-', '_' or '.', starting and ending "
+              "alphanumeric"),
+    ]
+
+
+def _label_map(description: str, path: str) -> Schema:
+    reserved = ", ".join(f"'{key}'" for key in RESERVED_LABELS)
     return {"type": "object", "description": description, "default": {}, "maxProperties": 64,
-            "additionalProperties": {"type": "string", "maxLength": 1024}}
+            "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE},
+            "x-kubernetes-validations": [*_keys_rules(path), _rule(
+                f"!self.exists(k, k.startsWith('{RESERVED_LABEL_PREFIX}') || k in [{reserved}])",
+                f"{path} must not set the labels the operator selects its pods by "
+                f"({RESERVED_LABEL_PREFIX}*, {', '.join(RESERVED_LABELS)})")]}
+
+
+def _annotation_map(description: str, path: str) -> Schema:
+    return {"type": "object", "description": description, "default": {}, "maxProperties": 64,
+            "additionalProperties": {"type": "string", "maxLength": 1024},
+            "x-kubernetes-validations": _keys_rules(path)}
 
 
 def _quantities(description: str) -> Schema:
-    return {"type": "object", "description": description, "default": {}, "maxProperties": 32,
+    return {"type": "object", "description": description, "default": {}, "maxProperties": len(POD_RESOURCES),
             "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}],
-                                     "x-kubernetes-int-or-string": True,
-                                     "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"}}
+                                     "x-kubernetes-int-or-string": True, "maxLength": 64,
+                                     "pattern": r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"}}
 
 
 def _model_store() -> Schema:
@@ -130,11 +165,15 @@ def _controlnets() -> Schema:
 def _loras() -> Schema:
     item = _object("A LoRA requests may use.", {
         "name": _string("Name requests use to select this LoRA.", maxLength=63, pattern=DNS_LABEL),
-        "source": _string("Path or model id of the LoRA weights (safetensors).", minLength=1),
+        "source": _string("A .safetensors file: an absolute path, a path relative to the model store, a "
+                          "file:/// URL or an http(s) URL (model ids are not accepted).", minLength=1),
         "scale": _number("Default LoRA scale.", default=m.LoraSpec.model_fields["scale"].default, minimum=0),
         "k": _int("Bounded asynchronous loading: merge no later than after step k "
                   "(absent: spec.serving.balDefaultK).", minimum=0),
-    }, required=["name", "source"])
+    }, required=["name", "source"], rules=[_rule(
+        f"self.source.matches('{LORA_SOURCE}')",
+        "spec.loras[].source must name a .safetensors file: an absolute path, a path relative to the model "
+        "store, a file:/// URL or an http(s) URL", ".source")])
     return _map_list("LoRAs this workflow may use.", item, 64)
 
 
@@ -154,16 +193,28 @@ def _serving() -> Schema:
     })
 
 
-def _toleration() -> Schema:
+def _toleration(path: str) -> Schema:
+    """Kubernetes' own toleration rules, so a pod with these tolerations is never refused."""
     return _object("A toleration added to the pool's pods (the GPU taint's toleration is always added).", {
-        "key": _string("Taint key."),
+        "key": _string("Taint key (a qualified name; empty with operator Exists: every taint).", maxLength=317),
         "operator": {"type": "string", "enum": ["Exists", "Equal"], "default": "Equal",
                      "description": "Exists or Equal."},
-        "value": _string("Taint value."),
+        "value": _string("Taint value (a label value; empty with operator Exists).", maxLength=63,
+                         pattern=LABEL_VALUE),
         "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"],
                    "description": "Taint effect (absent: all)."},
         "tolerationSeconds": _int("How long a NoExecute taint is tolerated.", minimum=0),
-    }, default=False)
+    }, default=False, rules=[
+        _rule(f"!has(self.key) || self.key == '' || (self.key.matches('{QUALIFIED_NAME}') "
+              f"&& self.key.matches('{PREFIX_LENGTH}'))",
+              f"{path}[].key must be a qualified name (like a label key)", ".key"),
+        _rule("(has(self.key) && self.key != '') || self.operator == 'Exists'",
+              f"{path}[].operator must be Exists when key is empty", ".operator"),
+        _rule("self.operator != 'Exists' || !has(self.value) || self.value == ''",
+              f"{path}[].value must be empty when operator is Exists", ".value"),
+        _rule("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+              f"{path}[].tolerationSeconds is only allowed with effect NoExecute", ".tolerationSeconds"),
+    ])
 
 
 def _pool(path: str, extra: dict[str, Schema]) -> Schema:
@@ -187,15 +238,21 @@ def _pool(path: str, extra: dict[str, Schema]) -> Schema:
                         "items": {"type": "string", "minLength": 1, "maxLength": 128},
                         "default": list(m.DEFAULT_GPU_PRODUCTS), "minItems": 1, "maxItems": 16,
                         "x-kubernetes-list-type": "set"},
-        "resources": _object("CPU and memory for the runtime container (GPUs come from `gpus`).", {
+        "resources": _object("CPU, memory and ephemeral storage for the runtime container (GPUs come from "
+                             "`gpus`).", {
             "requests": _quantities("Resource requests."),
             "limits": _quantities("Resource limits."),
-        }, rules=[_rule("!('nvidia.com/gpu' in self.requests) && !('nvidia.com/gpu' in self.limits)",
-                        f"{path}.resources must not set nvidia.com/gpu: use {path}.gpus")]),
-        "tolerations": {"type": "array", "description": "Extra tolerations.", "items": _toleration(),
+        }, rules=[
+            _rule(f"self.requests.all(k, k in {list(POD_RESOURCES)}) && self.limits.all(k, k in {list(POD_RESOURCES)})",
+                  f"{path}.resources may only name {', '.join(POD_RESOURCES)} (GPUs: use {path}.gpus)"),
+            _rule("self.requests.all(k, !(k in self.limits) || "
+                  "quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+                  f"{path}.resources.requests must not exceed {path}.resources.limits", ".requests"),
+        ]),
+        "tolerations": {"type": "array", "description": "Extra tolerations.", "items": _toleration(f"{path}.tolerations"),
                         "default": [], "maxItems": 32},
-        "podLabels": _string_map("Extra labels on the pool's pods."),
-        "podAnnotations": _string_map("Extra annotations on the pool's pods."),
+        "podLabels": _label_map("Extra labels on the pool's pods.", f"{path}.podLabels"),
+        "podAnnotations": _annotation_map("Extra annotations on the pool's pods.", f"{path}.podAnnotations"),
         "priorityClassName": _string("PriorityClass of the pool's pods.", maxLength=253),
         **extra,
     }
