@@ -235,7 +235,7 @@ def _pool(path: str, extra: dict[str, Schema]) -> Schema:
         "autoscaling": autoscaling,
         "gpus": _int("nvidia.com/gpu per pod.", default=p.gpus, minimum=1, maximum=8),
         "gpuProducts": {"type": "array", "description": "Allowed values of the node label nvidia.com/gpu.product.",
-                        "items": {"type": "string", "minLength": 1, "maxLength": 128},
+                        "items": {"type": "string", "minLength": 1, "maxLength": 63, "pattern": LABEL_VALUE},
                         "default": list(m.DEFAULT_GPU_PRODUCTS), "minItems": 1, "maxItems": 16,
                         "x-kubernetes-list-type": "set"},
         "resources": _object("CPU, memory and ephemeral storage for the runtime container (GPUs come from "

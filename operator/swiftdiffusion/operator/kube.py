@@ -6,6 +6,7 @@ kubernetes package would only add a conversion that can drop fields.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -17,6 +18,9 @@ from swiftdiffusion.operator.metrics import API_WRITES
 from swiftdiffusion.operator.render import FIELD_MANAGER, Manifest
 from swiftdiffusion.operator.status import now as status_now
 
+APPLY_PATCH = "application/apply-patch+yaml"
+# Scanned left to right: an escaped backslash is consumed whole, so "\\ud83d" stays text.
+_SURROGATE_PAIR = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
            "PodDisruptionBudget": "poddisruptionbudgets", m.KIND: m.PLURAL, "Event": "events"}
 
@@ -30,9 +34,24 @@ def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
     return f"{collection_path(api_version, kind, namespace)}/{name}"
 
 
+def apply_patch_body(manifest: Any) -> str:
+    """A server-side apply body: JSON is YAML, except that YAML has no surrogate-pair escapes,
+    so a character beyond the Basic Multilingual Plane (an emoji in a model id) is written
+    as YAML's own 8-digit escape; json.dumps would make the API server refuse the body."""
+    def astral(match: re.Match[str]) -> str:
+        if match.group(1) is None:  # an escaped backslash: keep it, and what follows is text
+            return match.group(0)
+        high, low = int(match.group(1), 16) - 0xD800, int(match.group(2), 16) - 0xDC00
+        return f"\\U{0x10000 + (high << 10) + low:08x}"
+
+    return _SURROGATE_PAIR.sub(astral, json.dumps(manifest))
+
+
 def request(api: ApiClient, method: str, path: str, *, body: Any = None,
             query: dict[str, str] | None = None, content_type: str = "application/json",
             accept: str = "application/json") -> dict[str, Any]:
+    if content_type == APPLY_PATCH and body is not None and not isinstance(body, str):
+        body = apply_patch_body(body)
     headers = {"Accept": accept, "Content-Type": content_type}
     serialized = api.param_serialize(method=method, resource_path=path, query_params=query,
                                      header_params=headers, body=body, auth_settings=["BearerToken"])
@@ -63,7 +82,7 @@ def apply(api: ApiClient, manifest: Manifest) -> dict[str, Any]:
     path = object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
     API_WRITES.labels(resource=PLURALS[manifest["kind"]]).inc()
     return request(api, "PATCH", path, body=manifest, query={"fieldManager": FIELD_MANAGER, "force": "true"},
-                   content_type="application/apply-patch+yaml")
+                   content_type=APPLY_PATCH)
 
 
 def delete(api: ApiClient, api_version: str, kind: str, namespace: str, name: str) -> None:
