@@ -75,8 +75,8 @@ def test_examples_become_ready_with_pods_on_allowed_gpu_nodes(operator: LocalOpe
     assert cluster.workflow("product-shots")["status"]["controlnetPool"]["name"] == "swd-cn-shared"
 
     columns, rows = _table(cluster)
-    assert columns == ["Name", "Ready", "Base", "ControlNet", "Age"]
-    assert rows["sdxl-canny-depth"][1:4] == ["True", "2/2", "1/1"]
+    assert columns == ["Name", "Ready", "Reason", "Base", "ControlNet", "Age"]
+    assert rows["sdxl-canny-depth"][1:5] == ["True", "PoolsReady", "2/2", "1/1"]
     wide_columns, wide_rows = _table(cluster, wide=True)
     assert {"Reason", "Model", "ControlNet-Pool", "Latent-Parallelism"} <= set(wide_columns)
     assert wide_rows["sdxl-latent-parallel"][wide_columns.index("Latent-Parallelism")] == "Enabled"
@@ -332,15 +332,45 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     assert len(names) == len(set(names)) == 3 * 8
 
 
-def test_unschedulable_pool_reports_not_ready_with_reason(operator: LocalOperator, cluster: Cluster) -> None:
+def test_unschedulable_pool_reports_the_schedulers_reason(operator: LocalOperator, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf", basePool={"gpuProducts": ["NVIDIA-A100-SXM4-80GB"]}))
-    wait_until(lambda: cluster.condition("wf", "Progressing").get("status") == "True")
-    settle()
-    ready = cluster.condition("wf")
-    assert ready["status"] == "False" and ready["reason"] == "PoolsNotReady"
-    assert "0/1" in ready["message"]
+    wait_until(lambda: cluster.condition("wf").get("reason") == "Unschedulable")
+    ready, degraded = cluster.condition("wf"), cluster.condition("wf", "Degraded")
+    assert ready["status"] == "False"
+    assert ready["message"].startswith("base pool swd-wf-base: 1 of 1 pods: unschedulable: 0/")
+    assert "node affinity" in ready["message"], "the scheduler's own words"
+    assert degraded["status"] == "True" and degraded["reason"] == "Unschedulable"
+    columns, rows = _table(cluster)
+    assert rows["wf"][columns.index("Reason")] == "Unschedulable", "kubectl get t2i shows the reason"
+    warnings = [e for e in cluster.list("v1", "events") if e["reason"] == "Unschedulable"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning" and "unschedulable" in warnings[0]["message"]
     pods = cluster.pods("swd-wf-base")
     assert pods and all(not p["spec"].get("nodeName") for p in pods)
+
+
+def test_pod_status_problems_reach_the_ready_condition(operator: LocalOperator, cluster: Cluster) -> None:
+    """A kubelet reports image pulls and crash loops in pod status; the test writes that status
+    the way a kubelet would (kwok's fake nodes run no containers) and the operator names it."""
+    cluster.apply_workflow(_workflow("wf"))
+    cluster.wait_ready("wf")
+    cluster.apply_workflow(_workflow("wf", image="registry.invalid/runtime:none"))
+    wait_until(lambda: [p for p in cluster.pods("swd-wf-base") if p["spec"]["containers"][0]["image"].startswith(
+        "registry.invalid") and p["spec"].get("nodeName")])
+    pod = next(p for p in cluster.pods("swd-wf-base") if p["spec"]["containers"][0]["image"].startswith("registry"))
+    name = pod["metadata"]["name"]
+    cases = (({"reason": "ImagePullBackOff", "message": "Back-off pulling image"}, "ImagePullFailed",
+              "cannot pull image registry.invalid/runtime:none: ImagePullBackOff (Back-off pulling image)"),
+             ({"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}, "CrashLooping",
+              "container runtime is crash looping after 3 restarts"))
+    for waiting, reason, words in cases:
+        status = {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"},
+                                                     {"type": "Ready", "status": "False"}],
+                  "containerStatuses": [{"name": "runtime", "image": "registry.invalid/runtime:none", "ready": False,
+                                         "restartCount": 3, "imageID": "", "state": {"waiting": waiting}}]}
+        kube.request(cluster.api, "PATCH", f"/api/v1/namespaces/{cluster.namespace}/pods/{name}/status",
+                     body={"status": status}, content_type="application/strategic-merge-patch+json")
+        wait_until(lambda reason=reason: cluster.condition("wf").get("reason") == reason, timeout=40)
+        assert words in cluster.condition("wf")["message"]
 
 
 def test_refused_child_is_reported_as_one_readable_sentence(operator: LocalOperator, cluster: Cluster) -> None:
@@ -385,5 +415,6 @@ def test_operator_service_account_is_least_privilege(operator: LocalOperator, cl
     assert _allowed(cluster, "patch", "swiftdiffusion.io", "t2iworkflows/status")
     for verb, group, resource in (("update", "apps", "deployments"), ("get", "", "secrets"),
                                   ("patch", "swiftdiffusion.io", "t2iworkflows"), ("create", "", "pods"),
+                                  ("delete", "", "pods"), ("watch", "", "pods"),
                                   ("delete", "swiftdiffusion.io", "t2iworkflows")):
         assert not _allowed(cluster, verb, group, resource), (verb, group, resource)

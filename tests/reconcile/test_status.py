@@ -1,9 +1,10 @@
 """Status from observed Deployments: conditions, per-pool replicas, endpoints, no churn."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from swiftdiffusion.operator.status import PoolObservation, compute_status
+from swiftdiffusion.operator.status import PodProblem, PoolObservation, compute_status, pod_problem
 
 
 def _deployment(desired: int, ready: int, updated: int | None = None, generation: int = 1,
@@ -58,3 +59,49 @@ def test_unchanged_world_gives_identical_status_and_transitions_keep_their_time(
     conditions = _conditions(rolling)
     assert conditions["Ready"]["lastTransitionTime"] == "t2"
     assert conditions["Degraded"]["lastTransitionTime"] == "t0"
+
+
+def _pod(phase: str = "Pending", conditions: list[dict] | None = None, waiting: dict | None = None,
+         running: bool = False, **status: object) -> dict:
+    container: dict = {"name": "runtime", "image": "swiftdiffusion/runtime:0.1.0", "restartCount": 0}
+    if waiting:
+        container["state"] = {"waiting": waiting}
+    elif running:
+        container["state"] = {"running": {}}
+    return {"metadata": {"name": "p"}, "status": {"phase": phase, "conditions": conditions or [],
+                                                  "containerStatuses": [container] if waiting or running else [],
+                                                  **status}}
+
+
+UNSCHEDULABLE = _pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                  "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}])
+
+
+def test_pod_problems_name_the_cause_in_the_order_a_user_fixes_them() -> None:
+    pulling = _pod(waiting={"reason": "ImagePullBackOff", "message": "Back-off pulling image"})
+    crashing = _pod("Running", waiting={"reason": "CrashLoopBackOff"}, running=False)
+    crashing["status"]["containerStatuses"][0].update(
+        restartCount=5, lastState={"terminated": {"exitCode": 2, "reason": "Error"}})
+    not_ready = _pod("Running", [{"type": "Ready", "status": "False", "message": "containers with unready status"}],
+                     running=True)
+    assert pod_problem([pulling, UNSCHEDULABLE]) == PodProblem(
+        "Unschedulable", "1 of 2 pods: unschedulable: 0/6 nodes are available: 6 Insufficient nvidia.com/gpu.")
+    assert pod_problem([pulling]) == PodProblem(
+        "ImagePullFailed", "1 of 1 pods: container runtime cannot pull image swiftdiffusion/runtime:0.1.0: "
+                           "ImagePullBackOff (Back-off pulling image)")
+    assert pod_problem([crashing, not_ready]).message == (
+        "1 of 2 pods: container runtime is crash looping after 5 restarts, last exit code 2 (Error)")
+    assert pod_problem([not_ready]).reason == "ProbesFailing"
+    assert pod_problem([_pod(), _pod("Running", running=True)]) is None, "pods still starting are not a problem"
+
+
+def test_a_pod_problem_sets_ready_reason_and_degraded_until_the_pool_rolls_out() -> None:
+    base, cn = _pools(_deployment(1, 0), _deployment(1, 1))
+    stuck = dataclasses.replace(base, problem=pod_problem([UNSCHEDULABLE]))
+    conditions = _conditions(compute_status(1, [stuck, cn], {}, timestamp="t0"))
+    assert conditions["Ready"]["reason"] == "Unschedulable"
+    assert conditions["Ready"]["message"].startswith("base pool swd-wf-base: 1 of 1 pods: unschedulable: 0/6 nodes")
+    assert conditions["Degraded"]["status"] == "True" and conditions["Degraded"]["reason"] == "Unschedulable"
+    rolled = _pools(_deployment(1, 1), _deployment(1, 1))
+    healed = _conditions(compute_status(1, rolled, compute_status(1, [stuck, cn], {}, timestamp="t0"), timestamp="t1"))
+    assert healed["Ready"]["status"] == "True" and healed["Degraded"]["status"] == "False"

@@ -7,6 +7,7 @@ Runs in worker threads (the kubernetes client is synchronous).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +21,24 @@ from swiftdiffusion.operator import crd, drift, kube, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.api_errors import describe, shorten
 from swiftdiffusion.operator.cache import ChildCache
-from swiftdiffusion.operator.status import PoolObservation, compute_status
+from swiftdiffusion.operator.status import PROBLEM_REASONS, PoolObservation, compute_status, pod_problem, rolled_out
 
 log = logging.getLogger(__name__)
 
 WORKFLOW, SHARED_POOL = "workflow", "shared-pool"
 Key = tuple[str, str, str]  # (WORKFLOW | SHARED_POOL, namespace, name)
 PERMANENT_RETRY_SECONDS = 300.0
+# While a pool rolls out, its pods' scheduling, pulls and probes change without touching the
+# Deployment the operator watches; look again this often so status names the cause.
+RECHECK_PENDING_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a reconcile asks for next: keys to reconcile now, and when to look at this one again."""
+
+    follow_ups: list[Key] = field(default_factory=list)
+    recheck_after: float | None = None
 
 
 class ReconcileError(Exception):
@@ -48,13 +60,13 @@ class Controller:
     api: ApiClient
     cache: ChildCache = field(default_factory=ChildCache)
 
-    def reconcile(self, key: Key) -> list[Key]:
+    def reconcile(self, key: Key) -> Reconciled:
         """Reconciles one object; returns further keys to reconcile."""
         kind, namespace, name = key
         try:
             if kind == WORKFLOW:
                 return self.reconcile_workflow(namespace, name)
-            return self.reconcile_shared_pool(namespace, name)
+            return Reconciled(self.reconcile_shared_pool(namespace, name))
         except (ApiException, HTTPError, OSError) as error:
             raise ReconcileError(describe(error), transient=_is_transient(error)) from error
 
@@ -108,12 +120,20 @@ class Controller:
             deployment = self._deployment(ns, cn)
             pools.append(PoolObservation("controlnet", cn, render.endpoint(cn, ns), deployment,
                                          shared=bool(wf.shared_pool), controlnets=_served_controlnets(deployment)))
-        return pools
+        return [self._diagnose(pool) for pool in pools]
 
-    def reconcile_workflow(self, namespace: str, name: str) -> list[Key]:
+    def _diagnose(self, pool: PoolObservation) -> PoolObservation:
+        """A pool that is not rolled out gets what its pods say is wrong (one LIST, read-only)."""
+        if pool.deployment is None or rolled_out(pool):
+            return pool
+        namespace = pool.deployment["metadata"]["namespace"]
+        pods = kube.list_pods(self.api, namespace, f"{render.POOL_LABEL}={pool.name}")
+        return dataclasses.replace(pool, problem=pod_problem(pods))
+
+    def reconcile_workflow(self, namespace: str, name: str) -> Reconciled:
         body = kube.get(self.api, f"{m.GROUP}/{m.VERSION}", m.KIND, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            return []  # owner references let the garbage collector remove the children
+            return Reconciled()  # owner references let the garbage collector remove the children
         previous = body.get("status") or {}
         try:
             wf = m.Workflow.from_body(body)
@@ -131,8 +151,11 @@ class Controller:
         if applied:
             log.info("%s/%s: changed %s", namespace, name, ", ".join(applied))
             kube.post_event(self.api, body, reason="Applied", message="changed " + ", ".join(applied))
-        self._report(body, previous, self._observe(wf), None)
-        return [(SHARED_POOL, namespace, wf.shared_pool)] if wf.shared_pool else []
+        pools = self._observe(wf)
+        self._report(body, previous, pools, None)
+        follow_ups: list[Key] = [(SHARED_POOL, namespace, wf.shared_pool)] if wf.shared_pool else []
+        pending = any(not rolled_out(pool) for pool in pools)
+        return Reconciled(follow_ups, RECHECK_PENDING_SECONDS if pending else None)
 
     def _report(self, body: dict[str, Any], previous: dict[str, Any], pools: list[PoolObservation],
                 error: str | None) -> None:
@@ -141,8 +164,9 @@ class Controller:
         status = compute_status(meta.get("generation", 1), pools, previous, error)
         if status == previous:
             return
-        if error and _ready_message(previous) != error:
-            kube.post_event(self.api, body, reason="ReconcileFailed", message=error, warning=True)
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        if ready["reason"] in PROBLEM_REASONS and _ready_message(previous) != ready["message"]:
+            kube.post_event(self.api, body, reason=ready["reason"], message=ready["message"], warning=True)
         dropped = {key: None for key in previous.keys() - status.keys()}  # e.g. a pool that went away
         kube.patch_status(self.api, meta["namespace"], meta["name"], {**status, **dropped})
 

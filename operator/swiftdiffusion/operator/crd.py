@@ -334,12 +334,12 @@ def _status() -> Schema:
 
 PRINTER_COLUMNS = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+     "description": "why not Ready: Unschedulable, ImagePullFailed, CrashLooping, ProbesFailing, ..."},
     {"name": "Base", "type": "string", "jsonPath": ".status.basePool.ready", "description": "ready/desired"},
     {"name": "ControlNet", "type": "string", "jsonPath": ".status.controlnetPool.ready",
      "description": "ready/desired"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-     "priority": 1},
     {"name": "Model", "type": "string", "jsonPath": ".spec.base.model", "priority": 1},
     {"name": "ControlNet-Pool", "type": "string", "jsonPath": ".status.controlnetPool.name", "priority": 1},
     {"name": "Latent-Parallelism", "type": "string", "jsonPath": ".spec.serving.latentParallelism",

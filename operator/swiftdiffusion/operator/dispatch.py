@@ -75,7 +75,7 @@ async def run_worker(queue: WorkQueue, controller: Controller, executor: ThreadP
         kind = key[0]
         started = time.monotonic()
         try:
-            follow_ups = await loop.run_in_executor(executor, controller.reconcile, key)
+            outcome = await loop.run_in_executor(executor, controller.reconcile, key)
         except ReconcileError as error:
             RECONCILE_ERRORS.labels(kind=kind, retried=str(error.transient).lower()).inc()
             delay = queue.retry(key, 0.0 if error.transient else PERMANENT_RETRY_SECONDS)
@@ -86,8 +86,10 @@ async def run_worker(queue: WorkQueue, controller: Controller, executor: ThreadP
             log.exception("reconcile %s crashed (retry in %.1f s)", key, delay)
         else:
             queue.forget(key)
-            for follow_up in follow_ups:
+            for follow_up in outcome.follow_ups:
                 queue.add(follow_up)
+            if outcome.recheck_after is not None:
+                queue.add_after(key, outcome.recheck_after)
         finally:
             RECONCILES.labels(kind=kind).inc()
             RECONCILE_SECONDS.labels(kind=kind).observe(time.monotonic() - started)

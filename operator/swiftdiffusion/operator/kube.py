@@ -71,6 +71,10 @@ def get(api: ApiClient, api_version: str, kind: str, namespace: str, name: str) 
         raise
 
 
+def list_pods(api: ApiClient, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    return request(api, "GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": label_selector})["items"]
+
+
 def list_workflows(api: ApiClient, namespace: str, field_selector: str = "") -> list[dict[str, Any]]:
     path = collection_path(f"{m.GROUP}/{m.VERSION}", m.KIND, namespace)
     return request(api, "GET", path, query={"fieldSelector": field_selector} if field_selector else None)["items"]

@@ -7,8 +7,9 @@ that would change nothing; kopf watches (`list`, `watch`) the workflows and the 
 `delete` removes a pool its owners no longer want (a workflow that drops its ControlNets,
 the last member leaving a shared pool; owner references cover deleted workflows); status is
 written through its subresource; owner references with blockOwnerDeletion need `update` on
-the workflows' finalizers; events explain what the operator did. Workflows themselves are
-read-only to the operator, and it cannot touch Secrets or Pods.
+the workflows' finalizers; events explain what the operator did; a pool that is not ready
+has its pods read (`get`, `list`) so status can say why (unschedulable, image pull, crash
+loop, probes). Workflows and pods are read-only to the operator, and it cannot touch Secrets.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": CHILD_VERBS},
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": CHILD_VERBS},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_VERBS},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
 ]
 

@@ -15,8 +15,17 @@ READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
 
 
 @dataclass(frozen=True)
+class PodProblem:
+    """Why a pool's pods are not ready, as its pods say it: a short reason and one sentence."""
+
+    reason: str  # Unschedulable | ImagePullFailed | CrashLooping | ProbesFailing
+    message: str
+
+
+@dataclass(frozen=True)
 class PoolObservation:
-    """One pool as the workflow sees it: where to call it and its live Deployment (None if absent)."""
+    """One pool as the workflow sees it: where to call it, its live Deployment (None if absent)
+    and, while it is not rolled out, what its pods say is wrong."""
 
     role: str
     name: str
@@ -24,6 +33,72 @@ class PoolObservation:
     deployment: dict[str, Any] | None
     shared: bool = False
     controlnets: tuple[str, ...] = field(default=())
+    problem: PodProblem | None = None
+
+
+# Ready reasons that explain a failure: a Warning event goes with each new one.
+PROBLEM_REASONS = ("ReconcileFailed", "Unschedulable", "ImagePullFailed", "CrashLooping", "ProbesFailing")
+_IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+def pod_problem(pods: list[dict[str, Any]]) -> PodProblem | None:
+    """The most telling problem among a pool's pods, in the order a user fixes them: a pod
+    that cannot be placed, then one whose image cannot be pulled, one that keeps crashing,
+    one whose probes fail. None when nothing is wrong yet (pods still starting)."""
+    live = [pod for pod in pods if not pod.get("metadata", {}).get("deletionTimestamp")]
+    for check in (_unschedulable, _image_pull, _crash_loop, _probes):
+        found = [(pod, detail) for pod in live if (detail := check(pod))]
+        if found:
+            reason, detail = found[0][1]
+            return PodProblem(reason, f"{len(found)} of {len(live)} pods: {detail}")
+    return None
+
+
+def _conditions_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in pod.get("status", {}).get("conditions", [])}
+
+
+def _unschedulable(pod: dict[str, Any]) -> tuple[str, str] | None:
+    scheduled = _conditions_of(pod).get("PodScheduled", {})
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        return "Unschedulable", f"unschedulable: {scheduled.get('message', 'no node fits')}"
+    return None
+
+
+def _waiting(pod: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    statuses = pod.get("status", {}).get("containerStatuses", []) + pod.get("status", {}).get(
+        "initContainerStatuses", [])
+    return [(s.get("name", "?"), s) for s in statuses if "waiting" in s.get("state", {})]
+
+
+def _image_pull(pod: dict[str, Any]) -> tuple[str, str] | None:
+    for name, status in _waiting(pod):
+        waiting = status["state"]["waiting"]
+        if waiting.get("reason") in _IMAGE_PULL:
+            detail = f" ({waiting['message']})" if waiting.get("message") else ""
+            return "ImagePullFailed", f"container {name} cannot pull image {status.get('image', '?')}: " \
+                                      f"{waiting['reason']}{detail}"
+    return None
+
+
+def _crash_loop(pod: dict[str, Any]) -> tuple[str, str] | None:
+    for name, status in _waiting(pod):
+        if status["state"]["waiting"].get("reason") == "CrashLoopBackOff":
+            last = status.get("lastState", {}).get("terminated", {})
+            exit_code = f", last exit code {last['exitCode']} ({last.get('reason', 'Error')})" if last else ""
+            return "CrashLooping", f"container {name} is crash looping after " \
+                                   f"{status.get('restartCount', 0)} restarts{exit_code}"
+    return None
+
+
+def _probes(pod: dict[str, Any]) -> tuple[str, str] | None:
+    conditions = _conditions_of(pod)
+    running = pod.get("status", {}).get("phase") == "Running"
+    ready = conditions.get("Ready", {})
+    if running and ready.get("status") == "False" and all("running" in s.get("state", {})
+                                                          for s in pod["status"].get("containerStatuses", [])):
+        return "ProbesFailing", f"running but not ready ({ready.get('message') or 'readiness probe failing'})"
+    return None
 
 
 def now() -> str:
@@ -87,8 +162,12 @@ def compute_status(generation: int, pools: list[PoolObservation], previous: dict
     pending = [p for p in pools if not rolled_out(p)]
     summary = "; ".join(f"{p.role} pool {p.name} {pool_status(p)['ready']} ready" for p in pools)
     failing = error or next((msg for p in pools if (msg := _failing(p))), None)
+    problem = next(((p, p.problem) for p in pending if p.problem), None)
     if error:
         ready = (False, "ReconcileFailed", error)
+    elif problem:
+        pool, found = problem
+        ready = (False, found.reason, f"{pool.role} pool {pool.name}: {found.message}")
     elif pending:
         ready = (False, "PoolsNotReady", summary)
     else:
@@ -98,8 +177,9 @@ def compute_status(generation: int, pools: list[PoolObservation], previous: dict
         _condition(PROGRESSING, bool(pending), "RollingOut" if pending else "RolledOut",
                    ", ".join(f"{p.role} pool {p.name}" for p in pending) or "all pools rolled out",
                    generation, before, timestamp),
-        _condition(DEGRADED, failing is not None, "ReconcileFailed" if error else
-                   ("PoolFailing" if failing else "AsExpected"), failing or "", generation, before, timestamp),
+        _condition(DEGRADED, failing is not None or problem is not None,
+                   "ReconcileFailed" if error else ("PoolFailing" if failing else (ready[1] if problem else "AsExpected")),
+                   failing or (ready[2] if problem else ""), generation, before, timestamp),
     ]
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
     for pool in pools:
