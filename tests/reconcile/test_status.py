@@ -1,6 +1,7 @@
 """Status from observed Deployments: conditions, per-pool replicas, endpoints, no churn."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -84,6 +85,8 @@ def test_pod_problems_name_the_cause_in_the_order_a_user_fixes_them() -> None:
         restartCount=5, lastState={"terminated": {"exitCode": 2, "reason": "Error"}})
     not_ready = _pod("Running", [{"type": "Ready", "status": "False", "message": "containers with unready status"}],
                      running=True)
+    loading = copy.deepcopy(not_ready)
+    not_ready["status"]["containerStatuses"][0].update(started=True, ready=False)
     assert pod_problem([pulling, UNSCHEDULABLE]) == PodProblem(
         "Unschedulable", "1 of 2 pods: unschedulable: 0/6 nodes are available: 6 Insufficient nvidia.com/gpu.")
     assert pod_problem([pulling]) == PodProblem(
@@ -91,7 +94,10 @@ def test_pod_problems_name_the_cause_in_the_order_a_user_fixes_them() -> None:
                            "ImagePullBackOff (Back-off pulling image)")
     assert pod_problem([crashing, not_ready]).message == (
         "1 of 2 pods: container runtime is crash looping after 5 restarts, last exit code 2 (Error)")
-    assert pod_problem([not_ready]).reason == "ProbesFailing"
+    assert pod_problem([not_ready]) == PodProblem(
+        "ProbesFailing", "1 of 1 pods: container runtime started but fails its readiness probe "
+                         "(containers with unready status)")
+    assert pod_problem([loading]) is None, "a pod still loading its model (startup probe) is not failing"
     assert pod_problem([_pod(), _pod("Running", running=True)]) is None, "pods still starting are not a problem"
 
 

@@ -92,12 +92,12 @@ def _crash_loop(pod: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _probes(pod: dict[str, Any]) -> tuple[str, str] | None:
-    conditions = _conditions_of(pod)
-    running = pod.get("status", {}).get("phase") == "Running"
-    ready = conditions.get("Ready", {})
-    if running and ready.get("status") == "False" and all("running" in s.get("state", {})
-                                                          for s in pod["status"].get("containerStatuses", [])):
-        return "ProbesFailing", f"running but not ready ({ready.get('message') or 'readiness probe failing'})"
+    """Only after the startup probe passed (`started`): a pod loading its model is not failing."""
+    for status in pod.get("status", {}).get("containerStatuses", []):
+        if status.get("started") and not status.get("ready") and "running" in status.get("state", {}):
+            ready = _conditions_of(pod).get("Ready", {})
+            return "ProbesFailing", f"container {status.get('name', '?')} started but fails its readiness probe " \
+                                    f"({ready.get('message') or 'not ready'})"
     return None
 
 
