@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv protos crds demo test testbed cluster-up cluster-down clean
+.PHONY: venv protos crds demo test testbed prometheus cluster-up cluster-down clean
 
 venv: $(STAMP) protos
 
@@ -28,6 +28,10 @@ protos: $(STAMP)
 testbed:
 	scripts/testbed build
 
+# promtool and prometheus from Debian's package, unpacked into ~/.cache/swiftdiffusion/prometheus
+prometheus:
+	scripts/prometheus install
+
 cluster-up: testbed
 	scripts/testbed up
 
@@ -37,7 +41,7 @@ cluster-down:
 demo: venv
 	$(PY) -m swiftdiffusion.runtime.dev.demo
 
-test: venv testbed
+test: venv testbed prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -1,0 +1,1 @@
+"""GitOps integrations: the Argo CD health check for T2IWorkflow."""
