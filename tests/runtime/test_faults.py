@@ -132,3 +132,37 @@ def _wait_for(condition, timeout: float = 20.0) -> None:
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.1)
 
+
+
+class BrokenEngine:
+    """An engine whose denoising fails with an error the servicer does not know (a bug, an OOM)."""
+
+    def generate(self, *args, **kwargs):
+        raise RuntimeError("device out of memory")
+
+
+def test_an_unexpected_failure_is_counted_as_the_unknown_status_the_client_sees() -> None:
+    from swiftdiffusion.runtime.client import generate, generate_request
+    from swiftdiffusion.runtime.config import BaseSection, RuntimeConfig
+    from swiftdiffusion.runtime.serving.api import base_pb2_grpc
+    from swiftdiffusion.runtime.serving.base_server import BaseServicer
+    from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
+    from swiftdiffusion.runtime.serving.process import new_grpc_server
+
+    config = RuntimeConfig(role="base", grpc_port=0, bind_address="127.0.0.1", base=BaseSection(model="unused"))
+    metrics = RuntimeMetrics("base")
+    servicer = BaseServicer(config, metrics)
+    servicer.engine = BrokenEngine()
+    server, _, port = new_grpc_server(config)
+    base_pb2_grpc.add_BaseServiceServicer_to_server(servicer, server)
+    server.start()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            generate(f"127.0.0.1:{port}", generate_request("a cube", steps=1), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNKNOWN
+        sample = metrics.registry.get_sample_value
+        assert sample(metric_names.REQUESTS_TOTAL, {"role": "base", "code": "UNKNOWN"}) == 1
+        assert sample(metric_names.REQUESTS_TOTAL, {"role": "base", "code": "OK"}) is None
+        assert sample(metric_names.IN_FLIGHT_REQUESTS, {"role": "base"}) == 0
+    finally:
+        server.stop(0).wait()

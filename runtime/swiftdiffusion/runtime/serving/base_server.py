@@ -79,6 +79,9 @@ class BaseServicer(base_pb2_grpc.BaseServiceServicer):
         except RequestError as error:
             code = status_of(error)
             context.abort(code, str(error))
+        except Exception:  # a bug or an exhausted device: gRPC answers UNKNOWN, and so must the metrics
+            code = grpc.StatusCode.UNKNOWN
+            raise
         finally:
             metrics.in_flight.dec()
             metrics.count(code.name)

@@ -55,6 +55,9 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServiceServicer):
         except RequestError as error:
             code = status_of(error)
             context.abort(code, str(error))
+        except Exception:  # a bug or an exhausted device: gRPC answers UNKNOWN, and so must the metrics
+            code = grpc.StatusCode.UNKNOWN
+            raise
         finally:
             self.metrics.in_flight.dec()
             self.metrics.count(code.name if code is not grpc.StatusCode.OK or context.is_active() else "CANCELLED")
