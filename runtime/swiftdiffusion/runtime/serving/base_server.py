@@ -8,7 +8,6 @@ import grpc
 import torch
 
 from swiftdiffusion.runtime.config import RuntimeConfig
-from swiftdiffusion.runtime.errors import RequestError
 from swiftdiffusion.runtime.lora.service import bal_step_hooks
 from swiftdiffusion.runtime.pipeline.base_model import BaseModel, to_png
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
@@ -16,7 +15,7 @@ from swiftdiffusion.runtime.pipeline.requests import GenerateParams, Limits
 from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
 from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse, StepHookFactory
 from swiftdiffusion.runtime.serving.api import base_pb2, base_pb2_grpc
-from swiftdiffusion.runtime.serving.grpc_common import mark_serving, status_of
+from swiftdiffusion.runtime.serving.grpc_common import accounted, mark_serving
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.serving.model_store import resolve
 from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
@@ -70,22 +69,8 @@ class BaseServicer(base_pb2_grpc.BaseServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, "the base model is still loading")
         if self.threads:
             torch.set_num_threads(self.threads)  # per thread: gRPC workers start with the default
-        metrics = self.metrics
-        started = time.perf_counter()
-        metrics.in_flight.inc()
-        code = grpc.StatusCode.OK
-        try:
+        with accounted(self.metrics, context) as started:
             return self._generate(request, context, started)
-        except RequestError as error:
-            code = status_of(error)
-            context.abort(code, str(error))
-        except Exception:  # a bug or an exhausted device: gRPC answers UNKNOWN, and so must the metrics
-            code = grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            metrics.in_flight.dec()
-            metrics.count(code.name)
-            metrics.request_latency.observe(time.perf_counter() - started)
 
     def _generate(self, request, context, started: float) -> base_pb2.GenerateResponse:
         params = params_from_request(request, self.config)

@@ -15,11 +15,11 @@ import torch
 from swiftdiffusion.runtime.config import RuntimeConfig
 from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
 from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine
-from swiftdiffusion.runtime.errors import InvalidArgument, RequestError
+from swiftdiffusion.runtime.errors import InvalidArgument
 from swiftdiffusion.runtime.pipeline.base_model import DTYPES, pick_device
 from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
 from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_grpc
-from swiftdiffusion.runtime.serving.grpc_common import mark_serving, status_of
+from swiftdiffusion.runtime.serving.grpc_common import accounted, mark_serving
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.serving.model_store import controlnet_loader
 from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
@@ -47,21 +47,8 @@ class ControlNetServicer(controlnet_pb2_grpc.ControlNetServiceServicer):
     def Residuals(self, request_iterator, context: grpc.ServicerContext) -> Iterator[controlnet_pb2.ResidualsResponse]:
         if self.threads:
             torch.set_num_threads(self.threads)  # per thread: gRPC workers start with the default
-        started = time.perf_counter()
-        self.metrics.in_flight.inc()
-        code = grpc.StatusCode.OK
-        try:
+        with accounted(self.metrics, context):
             yield from self._session(request_iterator, context)
-        except RequestError as error:
-            code = status_of(error)
-            context.abort(code, str(error))
-        except Exception:  # a bug or an exhausted device: gRPC answers UNKNOWN, and so must the metrics
-            code = grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            self.metrics.in_flight.dec()
-            self.metrics.count(code.name if code is not grpc.StatusCode.OK or context.is_active() else "CANCELLED")
-            self.metrics.request_latency.observe(time.perf_counter() - started)
 
     def _session(self, request_iterator, context) -> Iterator[controlnet_pb2.ResidualsResponse]:
         first = next(request_iterator, None)

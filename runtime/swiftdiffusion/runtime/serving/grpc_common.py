@@ -1,6 +1,10 @@
 """What both services and their clients share: message limits, status mapping, health."""
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -13,6 +17,7 @@ from swiftdiffusion.runtime.errors import (
     RequestError,
     Unavailable,
 )
+from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 
 MAX_MESSAGE_BYTES = 1 << 30  # SDXL residuals are ~51 MB per step in fp16; gRPC's default is 4 MiB
 CHANNEL_OPTIONS = [
@@ -33,6 +38,28 @@ def status_of(error: RequestError) -> grpc.StatusCode:
     if isinstance(error, RemoteStatus):
         return error.code
     return next((_CODES[kind] for kind in type(error).__mro__ if kind in _CODES), grpc.StatusCode.INTERNAL)
+
+
+@contextmanager
+def accounted(metrics: RuntimeMetrics, context: grpc.ServicerContext) -> Iterator[float]:
+    """One RPC in the service's metrics, under the status the client sees: a RequestError
+    aborts with its code, anything else is gRPC's UNKNOWN, a client gone is CANCELLED.
+    Yields the start time."""
+    started = time.perf_counter()
+    metrics.in_flight.inc()
+    code = grpc.StatusCode.OK
+    try:
+        yield started
+    except RequestError as error:
+        code = status_of(error)
+        context.abort(code, str(error))
+    except Exception:  # a bug or an exhausted device
+        code = grpc.StatusCode.UNKNOWN
+        raise
+    finally:
+        metrics.in_flight.dec()
+        metrics.count(code.name if code is not grpc.StatusCode.OK or context.is_active() else "CANCELLED")
+        metrics.request_latency.observe(time.perf_counter() - started)
 
 
 def error_from_rpc(error: grpc.RpcError) -> RequestError:
