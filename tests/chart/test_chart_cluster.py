@@ -1,6 +1,7 @@
 """The chart installs on the real test bed: CRD, RBAC and a running operator Deployment."""
 from __future__ import annotations
 
+import pathlib
 import uuid
 from collections.abc import Iterator
 
@@ -10,7 +11,10 @@ from kubernetes import client, dynamic
 
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator import rbac
+from swiftdiffusion.operator.local_process import LocalOperator
 from tests.chart.helm import CHART, GPU_TOLERATION, Helm
+from tests.reconcile.fixtures import Cluster, token_kubeconfig
+from tests.reconcile.workflows import CANNY
 
 pytestmark = pytest.mark.cluster
 CRD_NAME = f"{m.PLURAL}.{m.GROUP}"
@@ -63,3 +67,37 @@ def test_the_api_server_accepts_the_crd_and_every_rendered_object_in_a_server_si
     persisted = client.CoreV1Api(k8s_client).list_namespaced_config_map(
         namespace, label_selector="app.kubernetes.io/instance=dry-run")
     assert not persisted.items, "a dry run persisted objects"
+
+
+@pytest.mark.parametrize("namespaced", [False, True], ids=["cluster-role", "namespaced-role"])
+def test_the_operator_reconciles_to_ready_as_the_charts_own_service_account(
+    helm: Helm, kube_config: str, k8s_client: client.ApiClient, namespace: str, release: str, cluster: Cluster,
+    tmp_path: pathlib.Path, namespaced: bool,
+) -> None:
+    """Installed as users install it: the operator authenticates with a token of the chart's
+    ServiceAccount, so the chart's RBAC (ClusterRole, or a Role per watched namespace) is
+    what it runs under."""
+    values = (*GPU_TOLERATION, f"operator.watchNamespaces={{{namespace}}}", f"rbac.namespaced={str(namespaced).lower()}")
+    helm.run("install", release, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s",
+             *[arg for value in values for arg in ("--set", value)], kube_config=kube_config)
+    account = f"{release}-swiftdiffusion"
+    roles = client.RbacAuthorizationV1Api(k8s_client)
+    if namespaced:
+        role = roles.read_namespaced_role(account, namespace)
+        assert [k8s_client.sanitize_for_serialization(r) for r in role.rules] == rbac.RULES
+        assert not [r for r in roles.list_cluster_role().items if r.metadata.name == account]
+    kubeconfig = token_kubeconfig(k8s_client, kube_config, namespace, account, tmp_path / "chart-sa.kubeconfig")
+    operator = LocalOperator(namespace, kubeconfig, tmp_path / "operator.log").start()
+    try:
+        cluster.apply_workflow({"apiVersion": f"{m.GROUP}/{m.VERSION}", "kind": m.KIND, "metadata": {"name": "wf"},
+                                "spec": {"base": {"model": "stabilityai/stable-diffusion-xl-base-1.0"},
+                                         "controlnets": [CANNY]}})
+        cluster.wait_ready("wf")
+    finally:
+        operator.stop()
+    assert "Forbidden" not in operator.log_tail(200)
+
+
+def test_namespaced_rbac_without_watched_namespaces_is_refused(helm: Helm) -> None:
+    result = helm.run("template", "swd", str(CHART), "--set", "rbac.namespaced=true", check=False)
+    assert result.returncode != 0 and "rbac.namespaced needs operator.watchNamespaces" in result.stderr

@@ -62,15 +62,21 @@ def _service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: st
         "metadata": {"name": sa, "namespace": namespace},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": TEST_ROLE},
         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]})
-    token = kube.request(api, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+    return token_kubeconfig(api, admin_config, namespace, sa, target)
+
+
+def token_kubeconfig(api: ApiClient, admin_config: str, namespace: str, account: str, target: pathlib.Path) -> str:
+    """A kubeconfig that authenticates as an existing ServiceAccount (a bound token, as in a pod)."""
+    token = kube.request(api, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
                          body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                                "spec": {"expirationSeconds": 3600}})["status"]["token"]
     admin = yaml.safe_load(pathlib.Path(admin_config).read_text())
     cluster = admin["clusters"][0]
     config = {"apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-              "users": [{"name": sa, "user": {"token": token}}],
-              "contexts": [{"name": sa, "context": {"cluster": cluster["name"], "user": sa, "namespace": namespace}}],
-              "current-context": sa}
+              "users": [{"name": account, "user": {"token": token}}],
+              "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account,
+                                                         "namespace": namespace}}],
+              "current-context": account}
     target.write_text(json.dumps(config))
     return str(target)
 
