@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 
-import harness
 from swiftdiffusion.runtime import metric_names as names
 from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set
 from swiftdiffusion.runtime.lora.bal import BalHookFactory

@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 
-import harness
 from swiftdiffusion.runtime.cfg import LatentParallel, ModelRef, StepLayout, WorkerSpec
 from swiftdiffusion.runtime.cfg.exchange import BranchExchange, BranchReply, StepCommand
 from swiftdiffusion.runtime.cfg.worker import COND, UNCOND, pin

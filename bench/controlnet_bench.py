@@ -49,10 +49,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
-import harness
 from swiftdiffusion.runtime.client import generate, generate_request
 from swiftdiffusion.runtime.config import Defaults, RuntimeConfig, dump_config, load_config
 from swiftdiffusion.runtime.controlnet.control_image import (
@@ -63,7 +63,7 @@ from swiftdiffusion.runtime.controlnet.control_image import (
 from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine, PreparedControl
 from swiftdiffusion.runtime.controlnet.forward import controlnet_residuals, embed_control_image
 from swiftdiffusion.runtime.controlnet.residuals import Residuals
-from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, StackOptions, start_service, stack_configs
+from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, StackOptions, stack_configs, start_service
 from swiftdiffusion.runtime.pipeline.base_model import BaseModel
 from swiftdiffusion.runtime.pipeline.unet_split import unet_decode, unet_encode
 from swiftdiffusion.runtime.transport.residual_source import ResidualRequest

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel
 
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
 from swiftdiffusion.runtime.controlnet.control_image import encode_png
 from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine
 from swiftdiffusion.runtime.dev.demo import demo_control_image
 from swiftdiffusion.runtime.pipeline.base_model import BaseModel
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.pipeline.requests import GenerateParams
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics

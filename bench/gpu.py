@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from swiftdiffusion.runtime.config import BaseSection, ControlNetEntry, ControlNetSection, RuntimeConfig
+from swiftdiffusion.runtime.config import BaseSection, ControlNetEntry, ControlNetMode, ControlNetSection, RuntimeConfig
 from swiftdiffusion.runtime.config import LoraEntry as LoraConfig
 from swiftdiffusion.runtime.controlnet.control_image import encode_png
 from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, free_port, start_service
@@ -63,7 +63,6 @@ from swiftdiffusion.runtime.lora.service import bal_step_hooks
 from swiftdiffusion.runtime.pipeline.base_model import DTYPES, BaseModel
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.pipeline.requests import GenerateParams
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
 from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.serving.residual_sources import residual_source_for

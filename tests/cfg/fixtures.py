@@ -9,8 +9,8 @@ import pytest
 
 from swiftdiffusion.runtime.cfg import LatentParallel, ModelRef, WorkerSpec
 from swiftdiffusion.runtime.cfg.plugins import LocalControlNets, LoraFollowers
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.lora.store import LoraEntry
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.pipeline.step_hooks import StepHookFactory, without_loras
 from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource

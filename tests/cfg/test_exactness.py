@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from swiftdiffusion.runtime.cfg import ModelRef, WorkerSpec
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 from tests.cfg.branches import SequentialCfg

@@ -13,8 +13,18 @@ from lupa.lua51 import LuaError
 
 from swiftdiffusion.operator.status import PoolObservation, compute_status
 from tests.chart.helm import CHART, Helm, by_kind
-from tests.gitops.argocd import (CHART_VALUES, CM_KEY, CM_PATCH, CUSTOMIZATION, HEALTH_LUA, REPO, health_cases,
-                                 load_testdata, run_health, status_shape)
+from tests.gitops.argocd import (
+    CHART_VALUES,
+    CM_KEY,
+    CM_PATCH,
+    CUSTOMIZATION,
+    HEALTH_LUA,
+    REPO,
+    health_cases,
+    load_testdata,
+    run_health,
+    status_shape,
+)
 
 DOCS = REPO / "docs" / "monitoring-gitops.md"
 STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended"}

@@ -18,8 +18,17 @@ from kubernetes import client, watch
 from swiftdiffusion.operator import kube
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.local_process import LocalOperator
-from tests.gitops.argocd import (CM_KEY, CM_PATCH, CUSTOMIZATION, HEALTH_LUA, health_cases, load_testdata, run_health,
-                                 status_shape, trim)
+from tests.gitops.argocd import (
+    CM_KEY,
+    CM_PATCH,
+    CUSTOMIZATION,
+    HEALTH_LUA,
+    health_cases,
+    load_testdata,
+    run_health,
+    status_shape,
+    trim,
+)
 from tests.reconcile.fixtures import Cluster, wait_until
 from tests.reconcile.workflows import CANNY
 

@@ -1,8 +1,11 @@
 """Rendering a workflow into its pools, with no cluster: GPU pinning, config, sharing."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
+import pytest
 import yaml
 
 from swiftdiffusion.operator import render
@@ -136,3 +139,25 @@ def test_rendered_configs_load_in_the_runtime_without_dropping_a_key() -> None:
         written = _config(manifests, suffix)
         loaded = RuntimeConfig.model_validate(written).model_dump(by_alias=True, exclude_none=True)
         assert contains(written, loaded), suffix
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_controlnet_pools_run_in_the_workflows_dtype(dtype: str) -> None:
+    wf = workflow(controlnets=[CANNY], base={"model": "m", "dtype": dtype}, controlnetPool={"sharedPoolName": "p"})
+    dedicated = workflow(controlnets=[CANNY], base={"model": "m", "dtype": dtype})
+    assert _config(render.render_workflow(dedicated), "-cn")["controlnet"]["dtype"] == dtype
+    assert _config(render.render_shared_pool("p", [wf]), "swd-cn-p")["controlnet"]["dtype"] == dtype
+    assert _config(render.render_workflow(dedicated), "-base")["base"]["dtype"] == dtype
+
+
+def test_the_runtime_refuses_a_config_key_it_does_not_know_naming_it(tmp_path) -> None:
+    """The runtime's side of the contract, as the pod runs it: `swiftdiffusion serve-base` exits
+    non-zero before loading anything."""
+    config = _config(render.render_workflow(workflow()), "-base")
+    config["base"]["controlnetMod"] = "pipelined"  # a typo of controlnetMode
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "swiftdiffusion.runtime.cli", "serve-base", "--config", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"config {path}: base.controlnetMod: Extra inputs are not permitted" in result.stderr

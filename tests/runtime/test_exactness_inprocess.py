@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 from tests.runtime.helpers import diffusers_reference, params_with

@@ -92,7 +92,7 @@ def test_controlnet_service_serves_concurrent_base_sessions_exactly(tiny_base_mo
 
 
 def test_pipelined_mode_over_grpc_equals_pipelined_in_process(tiny_base_model, tiny_controlnet_engine, grpc_source) -> None:
-    from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
+    from swiftdiffusion.runtime.config import ControlNetMode
     from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 
     params = params_with(2, steps=4)

@@ -6,7 +6,8 @@ from concurrent.futures import Future
 import pytest
 import torch
 
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode, ResidualSchedule
+from swiftdiffusion.runtime.config import ControlNetMode
+from swiftdiffusion.runtime.pipeline.residual_schedule import ResidualSchedule
 
 
 class RecordingSession:

@@ -79,7 +79,7 @@ WORKFLOW_FROM_BASE_POOL = f"/^{render.base_pool_name('(.+)')}$/"
 
 def scoped(metric: str, *matchers: str, pool_label: str = POOL_LABEL) -> str:
     """`metric{...}` narrowed to the picked namespaces, workflows and pools, plus `matchers`."""
-    scope = (f'namespace=~"$namespace"', f'{pool_label}=~"$pool"', f'{pool_label}=~"{WORKFLOW_POOLS}"', *matchers)
+    scope = ('namespace=~"$namespace"', f'{pool_label}=~"$pool"', f'{pool_label}=~"{WORKFLOW_POOLS}"', *matchers)
     return f"{metric}{{{', '.join(scope)}}}"
 
 

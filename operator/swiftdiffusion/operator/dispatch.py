@@ -16,8 +16,14 @@ from typing import Any
 
 from swiftdiffusion.operator import render
 from swiftdiffusion.operator.cache import ChildCache
-from swiftdiffusion.operator.controller import (PERMANENT_RETRY_SECONDS, SHARED_POOL, WORKFLOW, Controller, Key,
-                                                ReconcileError)
+from swiftdiffusion.operator.controller import (
+    PERMANENT_RETRY_SECONDS,
+    SHARED_POOL,
+    WORKFLOW,
+    Controller,
+    Key,
+    ReconcileError,
+)
 from swiftdiffusion.operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from swiftdiffusion.operator.workqueue import WorkQueue
 

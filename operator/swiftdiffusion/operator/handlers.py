@@ -26,6 +26,7 @@ from swiftdiffusion.operator.dispatch import Dispatcher, run_worker
 from swiftdiffusion.operator.render import FIELD_MANAGER, MANAGED_BY
 from swiftdiffusion.operator.workqueue import WorkQueue
 
+
 def _api_client() -> ApiClient:
     try:
         config.load_incluster_config()

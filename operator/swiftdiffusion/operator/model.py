@@ -13,6 +13,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from swiftdiffusion.runtime.config import ControlNetMode, Dtype
+
 GROUP = "swiftdiffusion.io"
 VERSION = "v1alpha1"
 KIND = "T2IWorkflow"
@@ -30,22 +32,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid", frozen=True)
 
 
-class Dtype(StrEnum):
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
-    FLOAT32 = "float32"
-
-
 class LatentParallelism(StrEnum):
     """Enabled: the CFG branches run as two workers on two GPUs of one pod."""
 
     DISABLED = "Disabled"
     ENABLED = "Enabled"
-
-
-class ControlNetMode(StrEnum):
-    SYNCHRONOUS = "synchronous"
-    PIPELINED = "pipelined"
 
 
 class PullPolicy(StrEnum):

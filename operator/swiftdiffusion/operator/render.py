@@ -14,6 +14,7 @@ from typing import Any
 
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator import runtime_config as rc
+from swiftdiffusion.runtime.config import RuntimeConfig
 
 Manifest = dict[str, Any]
 
@@ -69,7 +70,7 @@ class PoolPlan:
     role: str
     workflow: m.Workflow  # image, model store and pool settings come from this workflow
     pool: m.Pool
-    config: dict[str, Any]
+    config: RuntimeConfig
     labels: dict[str, str]
     owners: tuple[dict[str, Any], ...]
 
@@ -206,7 +207,7 @@ def _deployment(plan: PoolPlan, config_hash: str) -> Manifest:
         spec = {"replicas": pool.replicas, **spec}
     metadata = _metadata(plan)
     if plan.role == CONTROLNET:
-        metadata["annotations"] = {SERVED_CONTROLNETS: ",".join(cn["name"] for cn in plan.config["controlnets"])}
+        metadata["annotations"] = {SERVED_CONTROLNETS: ",".join(cn.name for cn in plan.config.controlnets)}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 

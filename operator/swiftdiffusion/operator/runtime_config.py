@@ -1,70 +1,73 @@
-"""The runtime's config.yaml, rendered to the container contract in docs/architecture.md."""
+"""The runtime's config.yaml for each pool: objects of the runtime's own config model
+(`swiftdiffusion.runtime.config`), so operator and runtime cannot drift apart."""
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
-
-import yaml
 
 from swiftdiffusion.operator.model import ControlNetSpec, LatentParallelism, LoraSpec, Workflow
+from swiftdiffusion.runtime.config import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    GRPC_PORT,
+    METRICS_PORT,
+    BaseSection,
+    ControlNetEntry,
+    ControlNetSection,
+    Defaults,
+    LoraEntry,
+    RuntimeConfig,
+    dump_config,
+)
 
-GRPC_PORT = 50051
-METRICS_PORT = 9400
-CONFIG_DIR = "/etc/swiftdiffusion"
-CONFIG_FILE = "config.yaml"
-
-
-def _common(role: str, wf: Workflow) -> dict[str, Any]:
-    return {
-        "role": role,
-        "grpcPort": GRPC_PORT,
-        "metricsPort": METRICS_PORT,
-        "modelStore": wf.spec.model_store.path,
-        "maxWidth": wf.spec.serving.max_width,
-        "maxHeight": wf.spec.serving.max_height,
-    }
-
-
-def _controlnet(cn: ControlNetSpec) -> dict[str, Any]:
-    return {"name": cn.name, "model": cn.model, "conditioningScale": cn.conditioning_scale}
+__all__ = ["CONFIG_DIR", "CONFIG_FILE", "GRPC_PORT", "METRICS_PORT", "base_config", "controlnet_config", "digest",
+           "to_yaml"]
 
 
-def _lora(lora: LoraSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": lora.name, "source": lora.source, "scale": lora.scale}
-    if lora.k is not None:
-        out["k"] = lora.k
-    return out
+def _common(wf: Workflow) -> dict:
+    return {"grpc_port": GRPC_PORT, "metrics_port": METRICS_PORT, "model_store": wf.spec.model_store.path,
+            "max_width": wf.spec.serving.max_width, "max_height": wf.spec.serving.max_height}
 
 
-def base_config(wf: Workflow, controlnet_endpoint: str | None) -> dict[str, Any]:
+def _controlnet(cn: ControlNetSpec) -> ControlNetEntry:
+    return ControlNetEntry(name=cn.name, model=cn.model, conditioning_scale=cn.conditioning_scale)
+
+
+def _lora(lora: LoraSpec) -> LoraEntry:
+    return LoraEntry(name=lora.name, source=lora.source, scale=lora.scale, k=lora.k)
+
+
+def base_config(wf: Workflow, controlnet_endpoint: str | None) -> RuntimeConfig:
     spec = wf.spec
-    base: dict[str, Any] = {
-        "model": spec.base.model,
-        "revision": spec.base.revision,
-        "dtype": str(spec.base.dtype),
-        "defaults": spec.base.defaults.model_dump(by_alias=True),
-        "controlnetMode": str(spec.serving.controlnet_mode),
-        "latentParallelism": spec.serving.latent_parallelism is LatentParallelism.ENABLED,
-        "balDefaultK": spec.serving.bal_default_k,
-        "loras": [_lora(lora) for lora in spec.loras],
-    }
-    if controlnet_endpoint:
-        base["controlnetService"] = controlnet_endpoint
-    return {**_common("base", wf), "base": base, "controlnets": [_controlnet(cn) for cn in spec.controlnets]}
+    base = BaseSection(
+        model=spec.base.model,
+        revision=spec.base.revision,
+        dtype=spec.base.dtype,
+        defaults=Defaults.model_validate(spec.base.defaults.model_dump()),
+        controlnet_service=controlnet_endpoint,
+        controlnet_mode=spec.serving.controlnet_mode,
+        latent_parallelism=spec.serving.latent_parallelism is LatentParallelism.ENABLED,
+        bal_default_k=spec.serving.bal_default_k,
+        loras=[_lora(lora) for lora in spec.loras],
+    )
+    return RuntimeConfig(role="base", base=base, controlnets=[_controlnet(cn) for cn in spec.controlnets],
+                         **_common(wf))
 
 
-def controlnet_config(settings_from: Workflow, controlnets: Sequence[ControlNetSpec]) -> dict[str, Any]:
-    """A ControlNet pool serving `controlnets`, configured by the workflow that owns its settings."""
-    return {
-        **_common("controlnet", settings_from),
-        "controlnets": [_controlnet(cn) for cn in controlnets],
-        "controlnet": {"cacheBytes": settings_from.spec.controlnet_pool.cache_bytes},
-    }
+def controlnet_config(settings_from: Workflow, controlnets: Sequence[ControlNetSpec]) -> RuntimeConfig:
+    """A ControlNet pool serving `controlnets`, configured by the workflow that owns its settings;
+    the ControlNets run in that workflow's base dtype (the residuals are added to its UNet's)."""
+    spec = settings_from.spec
+    return RuntimeConfig(
+        role="controlnet",
+        controlnets=[_controlnet(cn) for cn in controlnets],
+        controlnet=ControlNetSection(cache_bytes=spec.controlnet_pool.cache_bytes, dtype=spec.base.dtype),
+        **_common(settings_from),
+    )
 
 
-def to_yaml(config: dict[str, Any]) -> str:
-    return yaml.safe_dump(config, sort_keys=False)
+def to_yaml(config: RuntimeConfig) -> str:
+    return dump_config(config)
 
 
 def digest(text: str) -> str:

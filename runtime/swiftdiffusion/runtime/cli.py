@@ -56,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_pod(args: argparse.Namespace) -> int:
-    from swiftdiffusion.runtime.config import load_config
+    from swiftdiffusion.runtime.config import ConfigError, load_config
 
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
     role = args.command.removeprefix("serve-")
     if config.role != role:
         print(f"config {args.config} is for role {config.role!r}, not {role!r}", file=sys.stderr)

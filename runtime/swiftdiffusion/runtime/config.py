@@ -1,16 +1,43 @@
-"""The runtime's config file (docs/architecture.md): YAML with camelCase keys."""
+"""The runtime's config file (docs/architecture.md): YAML with camelCase keys.
+
+The contract between the operator and the runtime, defined once: the operator renders
+pools' ConfigMaps as objects of this model and the runtime loads them with it. Torch-free,
+so the operator imports it without the runtime extra. A key the model does not know is
+refused at start, naming it: a typo must not silently fall back to a default.
+"""
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+
+GRPC_PORT = 50051
+METRICS_PORT = 9400
+CONFIG_DIR = "/etc/swiftdiffusion"
+CONFIG_FILE = "config.yaml"
+
+
+class Dtype(StrEnum):
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT32 = "float32"
+
+
+class ControlNetMode(StrEnum):
+    """Synchronous: step t waits for its own residuals (diffusers' output). Pipelined: step t
+    uses step t-1's, hiding the transfer."""
+
+    SYNCHRONOUS = "synchronous"
+    PIPELINED = "pipelined"
 
 
 class _Camel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+                              use_enum_values=True, validate_default=True)
 
 
 class Defaults(_Camel):
@@ -30,10 +57,10 @@ class LoraEntry(_Camel):
 class BaseSection(_Camel):
     model: str
     revision: str | None = None
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    dtype: Dtype = Dtype.FLOAT16
     defaults: Defaults = Defaults()
     controlnet_service: str | None = None
-    controlnet_mode: Literal["synchronous", "pipelined"] = "synchronous"
+    controlnet_mode: ControlNetMode = ControlNetMode.SYNCHRONOUS
     latent_parallelism: bool = False
     bal_default_k: int = 10
     loras: list[LoraEntry] = []
@@ -50,13 +77,13 @@ class ControlNetEntry(_Camel):
 
 class ControlNetSection(_Camel):
     cache_bytes: int = 32 << 30
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # extension
+    dtype: Dtype = Dtype.FLOAT16
 
 
 class RuntimeConfig(_Camel):
     role: Literal["base", "controlnet"]
-    grpc_port: int = 50051
-    metrics_port: int = 9400
+    grpc_port: int = GRPC_PORT
+    metrics_port: int = METRICS_PORT
     model_store: str | None = None
     max_width: int = 2048
     max_height: int = 2048
@@ -78,8 +105,16 @@ class RuntimeConfig(_Camel):
         return self.base
 
 
+class ConfigError(ValueError):
+    """A config file the runtime refuses, with every offending key named."""
+
+
 def load_config(path: Path | str) -> RuntimeConfig:
-    return RuntimeConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    try:
+        return RuntimeConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"config {path}: {problems}") from None
 
 
 def dump_config(config: RuntimeConfig) -> str:

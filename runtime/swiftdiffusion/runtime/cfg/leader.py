@@ -38,9 +38,9 @@ import torch
 from swiftdiffusion.runtime.cfg.exchange import StepLayout, WorkerLost
 from swiftdiffusion.runtime.cfg.pair import PairSession, WorkerPair
 from swiftdiffusion.runtime.cfg.worker import COND, UNCOND, BranchRequest, WorkerSpec
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
 from swiftdiffusion.runtime.pipeline.guidance import AwaitResiduals, BatchedCfg, combine_cfg
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
 from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse, StepHook, StepHookFactory
 from swiftdiffusion.runtime.pipeline.unet_split import predict_noise
 from swiftdiffusion.runtime.transport.residual_source import ResidualRequest, ResidualSession, ResidualSource

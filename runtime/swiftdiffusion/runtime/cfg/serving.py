@@ -19,10 +19,9 @@ from grpc_health.v1.health import HealthServicer
 from swiftdiffusion.runtime.cfg.leader import LatentParallel
 from swiftdiffusion.runtime.cfg.plugins import LoraFollowers
 from swiftdiffusion.runtime.cfg.worker import ModelRef, WorkerSpec
-from swiftdiffusion.runtime.config import RuntimeConfig
+from swiftdiffusion.runtime.config import ControlNetMode, RuntimeConfig
 from swiftdiffusion.runtime.pipeline.base_model import BaseModel
 from swiftdiffusion.runtime.pipeline.guidance import NoisePredictor
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
 from swiftdiffusion.runtime.pipeline.step_hooks import StepHookFactory
 from swiftdiffusion.runtime.transport.residual_source import ResidualSource
 

@@ -18,8 +18,9 @@ from typing import Any, Protocol
 import torch
 
 from swiftdiffusion.runtime.cfg.exchange import BranchExchange, BranchReply, StepLayout
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode, ResidualSchedule
+from swiftdiffusion.runtime.pipeline.residual_schedule import ResidualSchedule
 from swiftdiffusion.runtime.pipeline.unet_split import predict_noise
 from swiftdiffusion.runtime.transport.residual_source import ResidualRequest, ResidualSource
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.controlnet.residuals import Residuals
 from swiftdiffusion.runtime.errors import Cancelled, DeadlineExceeded
 from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
 from swiftdiffusion.runtime.pipeline.guidance import NoisePredictor
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode, ResidualSchedule
+from swiftdiffusion.runtime.pipeline.residual_schedule import ResidualSchedule
 from swiftdiffusion.runtime.pipeline.step_hooks import StepHook
 from swiftdiffusion.runtime.transport.residual_source import ResidualSession
 

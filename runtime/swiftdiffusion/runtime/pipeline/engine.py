@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.errors import DeadlineExceeded, Unavailable
 from swiftdiffusion.runtime.pipeline.base_model import BaseModel
 from swiftdiffusion.runtime.pipeline.denoise import LoopInputs, LoopTimings, denoise
 from swiftdiffusion.runtime.pipeline.guidance import BatchedCfg, NoisePredictor
 from swiftdiffusion.runtime.pipeline.requests import GenerateParams, Limits, validate
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
 from swiftdiffusion.runtime.pipeline.step_hooks import StepHook, StepHookFactory, without_loras
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.transport.residual_source import ResidualRequest, ResidualSession, ResidualSource

@@ -8,18 +8,13 @@ the transfer of step t's residuals then overlaps a whole step.
 """
 from __future__ import annotations
 
-import enum
 from concurrent.futures import Future
 
 import torch
 
+from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.controlnet.residuals import Residuals
 from swiftdiffusion.runtime.transport.residual_source import ResidualSession
-
-
-class ControlNetMode(enum.StrEnum):
-    SYNCHRONOUS = "synchronous"
-    PIPELINED = "pipelined"
 
 
 class ResidualSchedule:

@@ -7,12 +7,11 @@ import time
 import grpc
 import torch
 
-from swiftdiffusion.runtime.config import RuntimeConfig
+from swiftdiffusion.runtime.config import ControlNetMode, RuntimeConfig
 from swiftdiffusion.runtime.lora.service import bal_step_hooks
 from swiftdiffusion.runtime.pipeline.base_model import BaseModel, to_png
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.pipeline.requests import GenerateParams, Limits
-from swiftdiffusion.runtime.pipeline.residual_schedule import ControlNetMode
 from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse, StepHookFactory
 from swiftdiffusion.runtime.serving.api import base_pb2, base_pb2_grpc
 from swiftdiffusion.runtime.serving.grpc_common import accounted, mark_serving
