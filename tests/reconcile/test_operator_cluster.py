@@ -397,6 +397,8 @@ def test_operator_serves_liveness_and_prometheus_metrics(operator: LocalOperator
     assert operator.total("swiftdiffusion_operator_reconciles_total") >= 1
     assert any(k.startswith("swiftdiffusion_operator_reconcile_duration_seconds_bucket") for k in metrics)
     assert operator.total("swiftdiffusion_operator_api_writes_total") >= 5  # 4 children + status
+    assert metrics["swiftdiffusion_operator_reconcile_errors_total{kind=shared-pool,retried=false}"] == 0, \
+        "every error series exists at 0 before its first error, so rate() and alerts see that first one"
 
 
 def _allowed(cluster: Cluster, verb: str, group: str, resource: str) -> bool:

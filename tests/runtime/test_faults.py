@@ -162,7 +162,18 @@ def test_an_unexpected_failure_is_counted_as_the_unknown_status_the_client_sees(
         assert caught.value.code() == grpc.StatusCode.UNKNOWN
         sample = metrics.registry.get_sample_value
         assert sample(metric_names.REQUESTS_TOTAL, {"role": "base", "code": "UNKNOWN"}) == 1
-        assert sample(metric_names.REQUESTS_TOTAL, {"role": "base", "code": "OK"}) is None
+        assert sample(metric_names.REQUESTS_TOTAL, {"role": "base", "code": "OK"}) == 0
         assert sample(metric_names.IN_FLIGHT_REQUESTS, {"role": "base"}) == 0
     finally:
         server.stop(0).wait()
+
+
+def test_every_status_code_and_model_kind_series_exists_at_zero_from_the_start() -> None:
+    """rate() sees nothing of a series' first increment: a first error must already have a series."""
+    from swiftdiffusion.runtime.serving.metrics import MODEL_KINDS, STATUS_CODES, RuntimeMetrics
+
+    metrics = RuntimeMetrics("base")
+    sample = metrics.registry.get_sample_value
+    assert all(sample(metric_names.REQUESTS_TOTAL, {"role": "base", "code": code}) == 0 for code in STATUS_CODES)
+    assert all(sample(metric_names.MODEL_LOAD_SECONDS + "_count", {"role": "base", "kind": kind}) == 0
+               for kind in MODEL_KINDS)

@@ -21,8 +21,9 @@ from prometheus_client import start_http_server
 from swiftdiffusion.operator import kube, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.cache import ChildCache
-from swiftdiffusion.operator.controller import Controller
+from swiftdiffusion.operator.controller import SHARED_POOL, WORKFLOW, Controller
 from swiftdiffusion.operator.dispatch import Dispatcher, run_worker
+from swiftdiffusion.operator.metrics import create_series
 from swiftdiffusion.operator.render import FIELD_MANAGER, MANAGED_BY
 from swiftdiffusion.operator.workqueue import WorkQueue
 
@@ -46,6 +47,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     settings.watching.server_timeout = 600
     workers = int(memo.get("workers", 4))
     if memo.get("metrics_port"):
+        create_series((WORKFLOW, SHARED_POOL), kube.PLURALS.values())
         start_http_server(int(memo["metrics_port"]))
     memo.queue = WorkQueue()
     cache = ChildCache()

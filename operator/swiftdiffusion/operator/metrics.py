@@ -1,6 +1,8 @@
 """The operator's own Prometheus metrics (served on --metrics-port, default 9090)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILES = Counter("swiftdiffusion_operator_reconciles_total",
@@ -14,3 +16,15 @@ RECONCILE_SECONDS = Histogram("swiftdiffusion_operator_reconcile_duration_second
 API_WRITES = Counter("swiftdiffusion_operator_api_writes_total",
                      "Write calls the operator made to the API server, by resource.", ["resource"])
 QUEUE_DEPTH = Gauge("swiftdiffusion_operator_queue_depth", "Objects waiting to be reconciled.")
+
+
+def create_series(kinds: Iterable[str], resources: Iterable[str]) -> None:
+    """Every labelled series at 0 from the start: rate() misses a series' first increment, so a
+    first failed reconcile would otherwise not show on the dashboard or fire an alert."""
+    for kind in kinds:
+        RECONCILES.labels(kind=kind)
+        RECONCILE_SECONDS.labels(kind=kind)
+        for retried in ("true", "false"):
+            RECONCILE_ERRORS.labels(kind=kind, retried=retried)
+    for resource in resources:
+        API_WRITES.labels(resource=resource)

@@ -6,6 +6,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from swiftdiffusion.runtime import metric_names as names
 
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Every label value a series can take is created at 0 when the service starts: rate() sees
+# nothing of a series' first increment, so a first error would otherwise never show.
+STATUS_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                "RESOURCE_EXHAUSTED", "INTERNAL", "UNAVAILABLE")
+MODEL_KINDS = ("base", "controlnet")
 _REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -49,6 +54,10 @@ class RuntimeMetrics:
         self.model_load_seconds = Histogram(
             names.MODEL_LOAD_SECONDS, "Loading one model.", [*role_label, "kind"], registry=r, buckets=_REQUEST_BUCKETS
         )
+        for code in STATUS_CODES:
+            self.requests.labels(role, code)
+        for kind in MODEL_KINDS:
+            self.model_load_seconds.labels(role, kind)
 
     def count(self, code: str) -> None:
         self.requests.labels(self.role, code).inc()
