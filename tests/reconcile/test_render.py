@@ -161,3 +161,15 @@ def test_the_runtime_refuses_a_config_key_it_does_not_know_naming_it(tmp_path) -
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"config {path}: base.controlnetMod: Extra inputs are not permitted" in result.stderr
+
+
+def test_pods_drain_before_they_stop_within_the_grace_period() -> None:
+    """preStop delay (endpoints converge), then the runtime's drain, then a margin: all inside
+    the pod's grace period; the runtime is told how long its drain may take."""
+    manifests = render.render_workflow(workflow(controlnets=[CANNY]))
+    for suffix in ("-base", "-cn"):
+        pod = _by_kind(manifests, "Deployment", suffix)["spec"]["template"]["spec"]
+        pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        drain = _config(manifests, suffix)["shutdownGraceSeconds"]
+        assert pre_stop > 0 and drain >= 30
+        assert pre_stop + drain < pod["terminationGracePeriodSeconds"]

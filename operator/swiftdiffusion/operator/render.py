@@ -29,6 +29,9 @@ WORKFLOW_LABEL = "swiftdiffusion.io/workflow"
 SHARED_POOL_LABEL = "swiftdiffusion.io/shared-pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
 RUNTIME_UID = 10001  # the runtime image's user (Dockerfile.runtime)
+PRE_STOP_SECONDS = 5
+# preStop, then the runtime's own drain (in-flight requests finish), then a margin to exit.
+TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(rc.SHUTDOWN_GRACE_SECONDS) + 10
 BASE, CONTROLNET = "base", "controlnet"
 POOL_KINDS = (("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))
 
@@ -159,6 +162,8 @@ def _container(plan: PoolPlan) -> dict[str, Any]:
         "startupProbe": _grpc_probe(period=10, failures=60),
         "readinessProbe": _grpc_probe(period=5, failures=3),
         "livenessProbe": _grpc_probe(period=10, failures=3),
+        # Endpoints and clients learn of the deletion before the server stops accepting.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": mounts,
@@ -181,7 +186,7 @@ def _pod_spec(plan: PoolPlan) -> dict[str, Any]:
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID,
                             "fsGroup": RUNTIME_UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 60,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [_container(plan)],
         "volumes": volumes,
     }

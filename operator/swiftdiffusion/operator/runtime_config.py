@@ -11,6 +11,7 @@ from swiftdiffusion.runtime.config import (
     CONFIG_FILE,
     GRPC_PORT,
     METRICS_PORT,
+    SHUTDOWN_GRACE_SECONDS,
     BaseSection,
     ControlNetEntry,
     ControlNetSection,
@@ -20,12 +21,13 @@ from swiftdiffusion.runtime.config import (
     dump_config,
 )
 
-__all__ = ["CONFIG_DIR", "CONFIG_FILE", "GRPC_PORT", "METRICS_PORT", "base_config", "controlnet_config", "digest",
-           "to_yaml"]
+__all__ = ["CONFIG_DIR", "CONFIG_FILE", "GRPC_PORT", "METRICS_PORT", "SHUTDOWN_GRACE_SECONDS", "base_config",
+           "controlnet_config", "digest", "to_yaml"]
 
 
 def _common(wf: Workflow) -> dict:
-    return {"grpc_port": GRPC_PORT, "metrics_port": METRICS_PORT, "model_store": wf.spec.model_store.path,
+    return {"grpc_port": GRPC_PORT, "metrics_port": METRICS_PORT, "shutdown_grace_seconds": SHUTDOWN_GRACE_SECONDS,
+            "model_store": wf.spec.model_store.path,
             "max_width": wf.spec.serving.max_width, "max_height": wf.spec.serving.max_height}
 
 

@@ -77,7 +77,8 @@ def _serve_pod(args: argparse.Namespace) -> int:
     running = start(config)
     print(f"{role} service on :{running.port}, metrics on :{running.metrics_port}", flush=True)
     stop.wait()
-    running.stop()
+    print(f"{role} service draining: in-flight requests get {config.shutdown_grace_seconds:.0f} s", flush=True)
+    running.stop(grace=config.shutdown_grace_seconds)
     return 0
 
 

@@ -19,6 +19,7 @@ GRPC_PORT = 50051
 METRICS_PORT = 9400
 CONFIG_DIR = "/etc/swiftdiffusion"
 CONFIG_FILE = "config.yaml"
+SHUTDOWN_GRACE_SECONDS = 45.0
 
 
 class Dtype(StrEnum):
@@ -98,6 +99,9 @@ class RuntimeConfig(_Camel):
     cpu_affinity: list[int] | None = None
     grpc_workers: int = 16
     bind_address: str = "[::]"
+    # On SIGTERM: report NOT_SERVING, refuse new requests, let those in flight finish for
+    # this long (the pod's grace period leaves room for it after the preStop delay).
+    shutdown_grace_seconds: float = Field(default=SHUTDOWN_GRACE_SECONDS, ge=0)
 
     def require_base(self) -> BaseSection:
         if self.base is None:

@@ -29,6 +29,8 @@ class RunningServer:
     metrics_port: int | None
 
     def stop(self, grace: float = 2.0) -> None:
+        """NOT_SERVING first (readiness takes the pod out), then refuse new RPCs and give those
+        in flight `grace` seconds to finish before they are cancelled."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
 

@@ -1,0 +1,55 @@
+"""Draining on SIGTERM, as a rolling update or a scale-down sends it: the request in flight
+finishes, new ones are refused (the client retries elsewhere), the process exits cleanly."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from swiftdiffusion.runtime import metric_names
+from swiftdiffusion.runtime.client import generate, generate_request
+from swiftdiffusion.runtime.config import Defaults
+from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
+from swiftdiffusion.runtime.serving.grpc_common import check_health
+from tests.runtime.helpers import metric_value
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_model_set: Path,
+                                                                        tmp_path: Path) -> None:
+    options = StackOptions.on_free_ports(tiny_model_set, threads=1,
+                                         defaults=Defaults(steps=3, guidance_scale=5.0, width=64, height=64))
+    with local_stack(options, tmp_path) as stack:
+        outcome: dict[str, object] = {}
+
+        def long_request() -> None:
+            try:
+                request = generate_request("a cube", steps=200, width=96, height=96)  # several seconds
+                outcome["reply"] = generate(stack.base.target, request, timeout=120)
+            except grpc.RpcError as error:
+                outcome["error"] = error
+
+        worker = threading.Thread(target=long_request)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while metric_value(options.base_metrics_port, metric_names.IN_FLIGHT_REQUESTS, role="base") < 1:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.05)
+        stack.base.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.5)
+        assert not check_health(stack.base.target), "NOT_SERVING (or gone) as soon as it drains"
+        with pytest.raises(grpc.RpcError) as refused:
+            generate(stack.base.target, generate_request("another", steps=1), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        worker.join(timeout=120)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["reply"].png.startswith(b"\x89PNG"), "the request in flight finished"
+        assert time.monotonic() - signalled > 3, "it outlived a short fixed grace: the drain waited for it"
+        assert stack.base.process.wait(timeout=30) == 0
+        assert "draining" in stack.base.log.read_text()
