@@ -343,7 +343,8 @@ def test_unschedulable_pool_reports_the_schedulers_reason(operator: LocalOperato
     columns, rows = _table(cluster)
     assert rows["wf"][columns.index("Reason")] == "Unschedulable", "kubectl get t2i shows the reason"
     warnings = [e for e in cluster.list("v1", "events") if e["reason"] == "Unschedulable"]
-    assert len(warnings) == 1 and warnings[0]["type"] == "Warning" and "unschedulable" in warnings[0]["message"]
+    # One per distinct cause: the scheduler may reword its reason between attempts.
+    assert warnings and all(w["type"] == "Warning" and "unschedulable" in w["message"] for w in warnings)
     pods = cluster.pods("swd-wf-base")
     assert pods and all(not p["spec"].get("nodeName") for p in pods)
 

@@ -173,3 +173,11 @@ def test_pods_drain_before_they_stop_within_the_grace_period() -> None:
         drain = _config(manifests, suffix)["shutdownGraceSeconds"]
         assert pre_stop > 0 and drain >= 30
         assert pre_stop + drain < pod["terminationGracePeriodSeconds"]
+
+
+def test_controlnet_pool_services_are_headless_so_base_servers_see_every_pod() -> None:
+    manifests = render.render_workflow(workflow(controlnets=[CANNY]))
+    assert _by_kind(manifests, "Service", "-cn")["spec"]["clusterIP"] == "None"
+    assert "clusterIP" not in _by_kind(manifests, "Service", "-base")["spec"], "clients reach the base pool via a VIP"
+    shared = render.render_shared_pool("p", [workflow(controlnets=[CANNY], controlnetPool={"sharedPoolName": "p"})])
+    assert _by_kind(shared, "Service", "swd-cn-p")["spec"]["clusterIP"] == "None"

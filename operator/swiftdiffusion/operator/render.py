@@ -105,8 +105,12 @@ def _config_map(plan: PoolPlan, text: str) -> Manifest:
 
 
 def _service(plan: PoolPlan) -> Manifest:
+    """A ControlNet pool's Service is headless: base servers resolve every ready pod and spread
+    their residual sessions over them (gRPC round_robin), so scaling the pool out takes load."""
+    headless = {"clusterIP": "None"} if plan.role == CONTROLNET else {}
     return {"apiVersion": "v1", "kind": "Service", "metadata": _metadata(plan), "spec": {
         "type": "ClusterIP",
+        **headless,
         "selector": {POOL_LABEL: plan.name},
         "ports": [
             {"name": "grpc", "port": rc.GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",

@@ -24,6 +24,23 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# Servers end each connection after a minute (streams in flight may finish for up to the
+# request timeout), so clients re-resolve the pool's addresses and find pods added since.
+SERVER_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.max_connection_age_ms", 60_000),
+    ("grpc.max_connection_age_grace_ms", 600_000),
+]
+# A pool behind a headless Service resolves to every ready pod: one session per pod in turn.
+BALANCED_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+_RESOLVERS = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+
+
+def balanced_target(address: str) -> str:
+    """host:port as a DNS target that resolves to every address (gRPC's default would pick one);
+    explicit resolver targets (dns:, ipv4:, unix:, ...) are kept as they are."""
+    return address if address.startswith(_RESOLVERS) else f"dns:///{address}"
+
 
 _CODES: dict[type[RequestError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,

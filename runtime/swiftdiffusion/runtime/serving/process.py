@@ -10,7 +10,7 @@ import torch
 from grpc_health.v1 import health
 
 from swiftdiffusion.runtime.config import RuntimeConfig
-from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS, add_health
+from swiftdiffusion.runtime.serving.grpc_common import SERVER_OPTIONS, add_health
 
 
 def apply_process_settings(config: RuntimeConfig) -> None:
@@ -36,7 +36,7 @@ class RunningServer:
 
 
 def new_grpc_server(config: RuntimeConfig) -> tuple[grpc.Server, health.HealthServicer, int]:
-    server = grpc.server(ThreadPoolExecutor(max_workers=config.grpc_workers), options=CHANNEL_OPTIONS)
+    server = grpc.server(ThreadPoolExecutor(max_workers=config.grpc_workers), options=SERVER_OPTIONS)
     health_servicer = add_health(server)
     port = server.add_insecure_port(f"{config.bind_address}:{config.grpc_port}")
     if port == 0:

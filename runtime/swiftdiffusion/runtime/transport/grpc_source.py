@@ -20,7 +20,7 @@ import torch
 from swiftdiffusion.runtime.controlnet.residuals import Residuals
 from swiftdiffusion.runtime.errors import Cancelled, DeadlineExceeded, RequestError, Unavailable
 from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_grpc
-from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS, error_from_rpc
+from swiftdiffusion.runtime.serving.grpc_common import BALANCED_CHANNEL_OPTIONS, balanced_target, error_from_rpc
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.transport.residual_source import ResidualRequest
 from swiftdiffusion.runtime.transport.tensor_codec import from_wire, to_wire, wire_bytes, write_wire
@@ -147,7 +147,7 @@ class GrpcResidualSource:
     ) -> None:
         self.target = target
         self.wire_dtype = wire_dtype
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(balanced_target(target), options=BALANCED_CHANNEL_OPTIONS)
         self._stub = controlnet_pb2_grpc.ControlNetServiceStub(self._channel)
         self._metrics = metrics or RuntimeMetrics("base")
         self._device, self._dtype = torch.device(device), dtype
