@@ -23,6 +23,7 @@ from swiftdiffusion.runtime import metric_names as names
 from swiftdiffusion.runtime.lora.metrics import LoraMetrics
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from tests.chart.helm import CHART, Helm, by_kind, one
+from tests.monitoring.prometheus import binary
 
 REPO = CHART.parents[1]
 UNIT_TESTS = sorted((Path(__file__).parent / "alerts").glob("*.yaml"))
@@ -35,12 +36,7 @@ SUBJECTS = {"swiftdiffusion-runtime": ("namespace", "pool"), "swiftdiffusion-ope
 
 @pytest.fixture(scope="module")
 def promtool() -> Path:
-    """The promtool `scripts/prometheus install` unpacked; an error telling how to get it otherwise."""
-    found = subprocess.run([str(REPO / "scripts" / "prometheus"), "path", "promtool"],
-                           capture_output=True, text=True, check=False)
-    if found.returncode:
-        raise RuntimeError(found.stderr.strip())
-    return Path(found.stdout.strip())
+    return binary("promtool")
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 SCRAPE_INTERVAL_SECONDS = 1
 
 
-def binary() -> Path:
-    """The prometheus `scripts/prometheus install` unpacked; an error saying how to get it otherwise."""
-    found = subprocess.run([str(REPO / "scripts" / "prometheus"), "path", "prometheus"],
+def binary(name: str = "prometheus") -> Path:
+    """prometheus or promtool as `scripts/prometheus install` unpacked them; an error saying how
+    to get them otherwise (never a skip)."""
+    found = subprocess.run([str(REPO / "scripts" / "prometheus"), "path", name],
                            capture_output=True, text=True, check=False)
     if found.returncode:
         raise RuntimeError(found.stderr.strip())
