@@ -265,6 +265,17 @@ def test_shared_pool_serves_the_union_and_lives_until_the_last_workflow_is_delet
     wait_until(lambda: cluster.children() == [], timeout=90)
 
 
+def test_a_shared_pool_member_with_another_dtype_is_told_so(operator: LocalOperator, cluster: Cluster) -> None:
+    shared = {"controlnets": [CANNY], "controlnetPool": {"sharedPoolName": "p"}}
+    cluster.apply_workflow(_workflow("first", **shared))
+    cluster.wait_ready("first")
+    cluster.apply_workflow(_workflow("second", base={"model": BASE_MODEL, "dtype": "float32"}, **shared))
+    wait_until(lambda: cluster.condition("second", "Degraded").get("reason") == "SharedPoolMismatch")
+    message = cluster.condition("second", "Degraded")["message"]
+    assert "swd-cn-p runs its ControlNets in float16" in message and "base model in float32" in message
+    assert cluster.condition("first", "Degraded")["status"] == "False"
+
+
 def test_pools_a_workflow_stops_using_are_deleted_while_it_lives(operator: LocalOperator, cluster: Cluster) -> None:
     cluster.apply_workflow(_workflow("wf", controlnets=[CANNY], controlnetPool={"sharedPoolName": "old"}))
     cluster.wait_ready("wf")

@@ -111,3 +111,12 @@ def test_a_pod_problem_sets_ready_reason_and_degraded_until_the_pool_rolls_out()
     rolled = _pools(_deployment(1, 1), _deployment(1, 1))
     healed = _conditions(compute_status(1, rolled, compute_status(1, [stuck, cn], {}, timestamp="t0"), timestamp="t1"))
     assert healed["Ready"]["status"] == "True" and healed["Degraded"]["status"] == "False"
+
+
+def test_a_shared_pool_set_up_for_another_dtype_is_degraded_but_ready() -> None:
+    base, cn = _pools(_deployment(1, 1), _deployment(1, 1))
+    odd = dataclasses.replace(cn, mismatch="shared ControlNet pool swd-cn-p runs its ControlNets in float16 ...")
+    conditions = _conditions(compute_status(1, [base, odd], {}, timestamp="t0"))
+    assert conditions["Ready"]["status"] == "True", "it serves; its residuals are cast"
+    assert conditions["Degraded"]["status"] == "True" and conditions["Degraded"]["reason"] == "SharedPoolMismatch"
+    assert conditions["Degraded"]["message"].startswith("shared ControlNet pool swd-cn-p runs")

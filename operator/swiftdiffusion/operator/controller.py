@@ -119,7 +119,8 @@ class Controller:
         if cn := render.controlnet_pool_name(wf):
             deployment = self._deployment(ns, cn)
             pools.append(PoolObservation("controlnet", cn, render.endpoint(cn, ns), deployment,
-                                         shared=bool(wf.shared_pool), controlnets=_served_controlnets(deployment)))
+                                         shared=bool(wf.shared_pool), controlnets=_served_controlnets(deployment),
+                                         mismatch=_dtype_mismatch(wf, cn, deployment)))
         return [self._diagnose(pool) for pool in pools]
 
     def _diagnose(self, pool: PoolObservation) -> PoolObservation:
@@ -205,6 +206,18 @@ def _served_controlnets(deployment: dict[str, Any] | None) -> tuple[str, ...]:
         return ()
     names = deployment["metadata"].get("annotations", {}).get(render.SERVED_CONTROLNETS, "")
     return tuple(n for n in names.split(",") if n)
+
+
+def _dtype_mismatch(wf: m.Workflow, pool: str, deployment: dict[str, Any] | None) -> str | None:
+    """A shared pool runs its ControlNets in its oldest member's dtype: say so to a member whose
+    base model runs in another (its residuals are cast), instead of resolving it silently."""
+    if not wf.shared_pool or deployment is None:
+        return None
+    runs = deployment["metadata"].get("annotations", {}).get(render.CONTROLNET_DTYPE)
+    if runs is None or runs == str(wf.spec.base.dtype):
+        return None
+    return (f"shared ControlNet pool {pool} runs its ControlNets in {runs} (its oldest member's spec.base.dtype), "
+            f"this workflow's base model in {wf.spec.base.dtype}: give every member of the pool the same dtype")
 
 
 def _ready_message(status: dict[str, Any]) -> str | None:

@@ -24,6 +24,7 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 APPLIED_HASH = "swiftdiffusion.io/applied-hash"
 CONFIG_HASH = "swiftdiffusion.io/config-hash"
 SERVED_CONTROLNETS = "swiftdiffusion.io/controlnets"  # on a ControlNet pool's Deployment: the names it serves
+CONTROLNET_DTYPE = "swiftdiffusion.io/controlnet-dtype"  # ... and the dtype they run in
 POOL_LABEL = "swiftdiffusion.io/pool"
 WORKFLOW_LABEL = "swiftdiffusion.io/workflow"
 SHARED_POOL_LABEL = "swiftdiffusion.io/shared-pool"
@@ -216,7 +217,8 @@ def _deployment(plan: PoolPlan, config_hash: str) -> Manifest:
         spec = {"replicas": pool.replicas, **spec}
     metadata = _metadata(plan)
     if plan.role == CONTROLNET:
-        metadata["annotations"] = {SERVED_CONTROLNETS: ",".join(cn.name for cn in plan.config.controlnets)}
+        metadata["annotations"] = {SERVED_CONTROLNETS: ",".join(cn.name for cn in plan.config.controlnets),
+                                   CONTROLNET_DTYPE: str(plan.config.controlnet.dtype)}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 

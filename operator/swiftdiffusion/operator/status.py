@@ -34,6 +34,7 @@ class PoolObservation:
     shared: bool = False
     controlnets: tuple[str, ...] = field(default=())
     problem: PodProblem | None = None
+    mismatch: str | None = None  # a shared pool set up for another member than this workflow needs
 
 
 # Ready reasons that explain a failure: a Warning event goes with each new one.
@@ -133,6 +134,21 @@ def _failing(pool: PoolObservation) -> str | None:
     return None
 
 
+def _degraded(error: str | None, failing: str | None, problem: tuple[bool, str, str] | None,
+              pools: list[PoolObservation]) -> tuple[bool, str, str]:
+    """(status, reason, message), the most pressing cause first."""
+    mismatch = next((p.mismatch for p in pools if p.mismatch), None)
+    if error:
+        return True, "ReconcileFailed", error
+    if failing:
+        return True, "PoolFailing", failing
+    if problem:
+        return True, problem[1], problem[2]
+    if mismatch:
+        return True, "SharedPoolMismatch", mismatch
+    return False, "AsExpected", ""
+
+
 def pool_status(pool: PoolObservation) -> dict[str, Any]:
     desired, ready, updated = _replicas(pool)
     out: dict[str, Any] = {
@@ -177,9 +193,8 @@ def compute_status(generation: int, pools: list[PoolObservation], previous: dict
         _condition(PROGRESSING, bool(pending), "RollingOut" if pending else "RolledOut",
                    ", ".join(f"{p.role} pool {p.name}" for p in pending) or "all pools rolled out",
                    generation, before, timestamp),
-        _condition(DEGRADED, failing is not None or problem is not None,
-                   "ReconcileFailed" if error else ("PoolFailing" if failing else (ready[1] if problem else "AsExpected")),
-                   failing or (ready[2] if problem else ""), generation, before, timestamp),
+        _condition(DEGRADED, *_degraded(error, failing, ready if problem else None, pools), generation, before,
+                   timestamp),
     ]
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
     for pool in pools:
