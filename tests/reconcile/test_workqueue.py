@@ -42,3 +42,18 @@ def test_failures_back_off_exponentially_and_forget_resets() -> None:
         return delays
 
     assert asyncio.run(scenario()) == [0.01, 0.02, 0.04, 0.04, 0.02]
+
+
+def test_timers_for_one_key_coalesce_to_the_earliest() -> None:
+    """A pending workflow reconciled by several events schedules several rechecks: one fires."""
+    async def scenario() -> list[str]:
+        queue = WorkQueue()
+        for delay in (0.05, 0.02, 0.05, 0.03):
+            queue.add_after("a", delay)
+        got = [await asyncio.wait_for(queue.get(), 1)]
+        queue.done("a")
+        await asyncio.sleep(0.1)  # the later timers were dropped, not left to fire
+        assert len(queue) == 0
+        return got
+
+    assert asyncio.run(scenario()) == ["a"]

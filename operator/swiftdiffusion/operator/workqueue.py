@@ -18,6 +18,7 @@ class WorkQueue:
         self._dirty: set[Hashable] = set()
         self._processing: set[Hashable] = set()
         self._failures: dict[Hashable, int] = {}
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._base_delay, self._max_delay = base_delay, max_delay
 
     def __len__(self) -> int:
@@ -32,7 +33,20 @@ class WorkQueue:
             self._queue.put_nowait(key)
 
     def add_after(self, key: Hashable, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, self.add, key)
+        """At most one timer per key, the earliest: a key rechecked or retried from several
+        reconciles must not come back once per timer."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        pending = self._timers.get(key)
+        if pending is not None:
+            if pending.when() <= due:
+                return
+            pending.cancel()
+        self._timers[key] = loop.call_at(due, self._fire, key)
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
 
     def retry(self, key: Hashable, at_least: float = 0.0) -> float:
         """Re-adds a failed key after its backoff (doubling per consecutive failure); returns the delay."""
