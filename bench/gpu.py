@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 from PIL import Image, ImageDraw
 
@@ -76,6 +77,7 @@ GUIDANCE = 5.0
 CONDITIONING_SCALE = 0.5
 LORA_SCALE = 0.8
 DIFFUSERS, OURS, OURS_LP = "diffusers", "ours", "ours + latent parallelism"
+WALL = "wall"  # harness.Measurement key of the timed call
 REPORTED_PHASES = ("text_encode", "denoise", "residual_wait", "vae_decode")  # where our time goes
 
 # Dense (no sparsity) fp16/bf16 tensor-core TFLOPS. NVIDIA's data sheets quote the sparse
@@ -381,45 +383,30 @@ def timed(settings: Settings, run: Callable[[], object]) -> float:
 
 
 def measure(settings: Settings, setups: dict[str, SetUp]) -> dict[str, dict[str, Any]]:
-    """Per workload and set-up: one warm-up call, then interleaved timed repeats."""
-    runs: dict[str, dict[str, list[tuple[float, dict[str, float]]]]] = {
-        w.name: {name: [] for name in setups} for w in WORKLOADS
-    }
-
-    def call(workload: Workload, name: str) -> tuple[float, dict[str, float]]:
+    """Per workload and set-up: one warm-up call, then interleaved timed repeats (bench/harness.py)."""
+    def call(workload: Workload, name: str) -> harness.Measurement:
         phases: dict[str, float] = {}
         seconds = timed(settings, lambda: phases.update(setups[name](workload)))
-        return seconds, phases
+        return {WALL: seconds, **phases}
 
-    for workload in WORKLOADS:
-        for name in setups:
-            seconds, _ = call(workload, name)
-            print(f"  warm-up {workload.name:6s} {name:26s} {seconds:7.2f} s", flush=True)
-    for repeat in range(settings.repeats):
-        for workload in WORKLOADS:
-            for name in setups:  # interleaved, so drifts in clocks and load hit every set-up alike
-                runs[workload.name][name].append(call(workload, name))
-        print(f"  repeat {repeat + 1}/{settings.repeats} done", flush=True)
-    return {w.name: summarise(w, runs[w.name]) for w in WORKLOADS}
+    runs = harness.interleave({f"{w.name}/{name}": (lambda w=w, name=name: call(w, name))
+                               for w in WORKLOADS for name in setups}, settings.repeats)
+    return {w.name: summarise(w, {name: runs[f"{w.name}/{name}"] for name in setups}) for w in WORKLOADS}
 
 
-def summarise(workload: Workload, runs: dict[str, list[tuple[float, dict[str, float]]]]) -> dict[str, Any]:
+def summarise(workload: Workload, runs: dict[str, list[harness.Measurement]]) -> dict[str, Any]:
     setups = {}
     for name, calls in runs.items():
-        seconds = [s for s, _ in calls]
-        phase_names = sorted({p for _, phases in calls for p in phases})
+        wall = harness.spread(harness.column(calls))
+        phase_names = sorted({p for call in calls for p in call if p != WALL})
         setups[name] = {
-            "seconds": seconds,
-            "median": statistics.median(seconds),
-            "min": min(seconds),
-            "max": max(seconds),
-            "phases_median": {p: statistics.median(phases.get(p, 0.0) for _, phases in calls) for p in phase_names},
+            "seconds": list(wall.samples), "median": wall.median, "min": wall.low, "max": wall.high,
+            "phases_median": {p: statistics.median(call.get(p, 0.0) for call in calls) for p in phase_names},
         }
     ratios = {f"{DIFFUSERS}/{name}": setups[DIFFUSERS]["median"] / setups[name]["median"] for name in setups if name != DIFFUSERS}
     return {"controlnets": workload.controlnets, "loras": workload.loras, "setups": setups, "ratios": ratios}
 
 
-@torch.no_grad()
 def unet_throughput(settings: Settings, model: BaseModel) -> dict[str, Any]:
     """FLOPs of one UNet forward (CFG batch 2) and its median time: the share of peak it reaches."""
     from torch.utils.flop_counter import FlopCounterMode
