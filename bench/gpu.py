@@ -57,7 +57,8 @@ from PIL import Image, ImageDraw
 from swiftdiffusion.runtime.config import BaseSection, ControlNetEntry, ControlNetMode, ControlNetSection, RuntimeConfig
 from swiftdiffusion.runtime.config import LoraEntry as LoraConfig
 from swiftdiffusion.runtime.controlnet.control_image import encode_png
-from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, free_port, start_service
+from swiftdiffusion.runtime.dev.ports import free_port
+from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, start_service
 from swiftdiffusion.runtime.dev.model_factory import build_model_set
 from swiftdiffusion.runtime.dev.synthetic_lora import write_random_lora
 from swiftdiffusion.runtime.lora.service import bal_step_hooks

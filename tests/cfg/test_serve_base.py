@@ -14,7 +14,8 @@ from PIL import Image
 
 from swiftdiffusion.runtime.client import generate, generate_request
 from swiftdiffusion.runtime.controlnet.control_image import encode_png
-from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, StackOptions, free_port, stack_configs, start_service
+from swiftdiffusion.runtime.dev.ports import free_port
+from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, StackOptions, stack_configs, start_service
 from swiftdiffusion.runtime.serving.grpc_common import check_health
 from tests.runtime.helpers import control_image
 

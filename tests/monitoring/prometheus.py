@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from swiftdiffusion.runtime.dev.local_stack import free_port
+from swiftdiffusion.runtime.dev.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRAPE_INTERVAL_SECONDS = 1

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from swiftdiffusion.runtime import metric_names
-from swiftdiffusion.runtime.dev.local_stack import StackOptions, free_port, stack_configs, start_service
+from swiftdiffusion.runtime.dev.ports import free_port
+from swiftdiffusion.runtime.dev.local_stack import StackOptions, stack_configs, start_service
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.serving.grpc_common import balanced_target
 from swiftdiffusion.runtime.transport.grpc_source import GrpcResidualSource

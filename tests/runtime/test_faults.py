@@ -11,7 +11,8 @@ from swiftdiffusion.runtime import metric_names
 from swiftdiffusion.runtime.client import generate, generate_request
 from swiftdiffusion.runtime.config import Defaults
 from swiftdiffusion.runtime.controlnet.control_image import encode_png
-from swiftdiffusion.runtime.dev.local_stack import StackOptions, free_port, stack_configs
+from swiftdiffusion.runtime.dev.ports import free_port
+from swiftdiffusion.runtime.dev.local_stack import StackOptions, stack_configs
 from swiftdiffusion.runtime.serving.api import base_pb2_grpc
 from swiftdiffusion.runtime.serving.grpc_common import check_health
 from tests.runtime.helpers import control_image, metric_value

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tests.testbed import build, components, nodes, processes
+from swiftdiffusion.runtime.dev.ports import free_ports
 from tests.testbed.api import ApiClient
 from tests.testbed.kubeconfig import write_kubeconfig
 from tests.testbed.pki import make_pki
@@ -86,7 +87,7 @@ class TestBed:
         self.down()
         bin_dir = build.ensure_built(log)
         self._reset_state()
-        ports = dict(zip(PORTS, processes.free_ports(len(PORTS)), strict=True))
+        ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
         (self.state / MARKER).write_text(json.dumps({"ports": ports, "bin": str(bin_dir)}, indent=2))
         started = time.monotonic()
         make_pki(self.pki)

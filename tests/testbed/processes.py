@@ -6,24 +6,11 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports free right now (held open together so none repeats)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _die_with_parent() -> None:

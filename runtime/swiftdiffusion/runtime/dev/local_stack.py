@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,18 +25,13 @@ from swiftdiffusion.runtime.config import (
     RuntimeConfig,
     dump_config,
 )
+from swiftdiffusion.runtime.dev.ports import free_port
 from swiftdiffusion.runtime.serving.grpc_common import check_health
 
 
 def threads_per_service() -> int:
     """Half the CPUs each: two busy processes with too many threads thrash on a small machine."""
     return max(1, len(os.sched_getaffinity(0)) // 2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
