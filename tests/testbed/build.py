@@ -1,12 +1,15 @@
 """Builds the test bed's binaries from the pinned Go modules beside this file.
 
-The binaries are cached outside the repository under a key made of the pinned versions
-and a hash of every go.mod/go.sum, the Go version and the build flags, so a warm build
-is a directory lookup and a pin change can never reuse stale binaries.
+Each module is cached on its own, under a key made of its folder, its pinned version and
+a hash of its files (go.mod, go.sum, any main.go), the Go version and the build flags:
+adding or moving one module rebuilds only that one, and a pin change never reuses stale
+binaries. A directory keyed by the set of module keys links every binary, so callers
+find each one as `bin / name`.
 """
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -14,7 +17,8 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -39,10 +43,16 @@ class GoModule:
     folder: str
     pinned: str
     binaries: dict[str, str]  # binary name -> Go package
+    # Output file -> files of the pinned module's source, joined as a multi-document YAML.
+    joined_sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
         return HERE / self.folder
+
+    @property
+    def outputs(self) -> list[str]:
+        return [*self.binaries, *self.joined_sources]
 
     def version(self) -> str:
         text = (self.path / "go.mod").read_text()
@@ -50,6 +60,15 @@ class GoModule:
         if match is None:
             raise RuntimeError(f"{self.path}/go.mod does not require {self.pinned}")
         return match.group(1)
+
+    def cache_key(self, go_version: str) -> str:
+        """`kwok-v0.8.0-<hash>`: the readable pin, then a hash of every input of the build."""
+        digest = hashlib.sha256()
+        for path in sorted(p for p in self.path.iterdir() if p.is_file()):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        inputs = (go_version, BUILD_FLAGS, sorted(BUILD_ENV.items()), self.binaries, self.joined_sources)
+        digest.update(repr(inputs).encode())
+        return f"{self.folder}-{self.version()}-{digest.hexdigest()[:10]}"
 
 
 MODULES = (
@@ -62,7 +81,7 @@ MODULES = (
         },
     ),
     GoModule("etcd", "go.etcd.io/etcd/server/v3", {"etcd": "go.etcd.io/etcd/server/v3"}),
-    GoModule("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
+    GoModule("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, {KWOK_STAGES: KWOK_STAGE_FILES}),
     GoModule("helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"}),
 )
 
@@ -78,27 +97,9 @@ def go_version(go: str) -> str:
     return subprocess.run([go, "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def cache_key(go: str) -> str:
-    """`k8s-v1.36.3-etcd-v3.6.16-kwok-v0.8.0-helm-v3.22.0-<hash>`: readable pins, exact inputs."""
-    digest = hashlib.sha256()
-    for module in MODULES:
-        for name in ("go.mod", "go.sum"):
-            digest.update((module.path / name).read_bytes())
-    digest.update(go_version(go).encode())
-    digest.update(repr((BUILD_FLAGS, sorted(BUILD_ENV.items()), KWOK_STAGE_FILES)).encode())
-    short = {"kube": "k8s"}
-    pins = "-".join(f"{short.get(m.folder, m.folder)}-{m.version()}" for m in MODULES)
-    return f"{pins}-{digest.hexdigest()[:10]}"
-
-
 def cache_root() -> Path:
     base = os.environ.get("SWIFTDIFFUSION_CACHE") or Path.home() / ".cache" / "swiftdiffusion"
     return Path(base) / "testbed"
-
-
-def binaries_present(bin_dir: Path) -> bool:
-    names = [name for module in MODULES for name in module.binaries] + [KWOK_STAGES]
-    return all((bin_dir / name).is_file() for name in names)
 
 
 def build_module(go: str, module: GoModule, out: Path) -> None:
@@ -107,45 +108,63 @@ def build_module(go: str, module: GoModule, out: Path) -> None:
     # One `go build` per module so the three Kubernetes binaries share compilation.
     target = f"{out}/" if len(packages) > 1 else str(out / next(iter(module.binaries)))
     subprocess.run([go, "build", *BUILD_FLAGS, "-o", target, *packages], cwd=module.path, env=env, check=True)
-
-
-def write_kwok_stages(go: str, out: Path) -> None:
-    kwok = next(m for m in MODULES if m.folder == "kwok")
-    source = subprocess.run(
-        [go, "list", "-m", "-f", "{{.Dir}}", kwok.pinned],
-        cwd=kwok.path, env={**os.environ, **BUILD_ENV}, check=True, capture_output=True, text=True,
-    ).stdout.strip()
-    stages = [(Path(source) / name).read_text() for name in KWOK_STAGE_FILES]
-    (out / KWOK_STAGES).write_text("\n---\n".join(stages))
+    if module.joined_sources:
+        source = subprocess.run(
+            [go, "list", "-m", "-f", "{{.Dir}}", module.pinned],
+            cwd=module.path, env=env, check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        for name, files in module.joined_sources.items():
+            (out / name).write_text("\n---\n".join((Path(source) / file).read_text() for file in files))
 
 
 def ensure_built(log: TextIO = sys.stderr) -> Path:
-    """Returns the cached bin directory, building it first when this key has none.
-
-    A lock file serialises concurrent cold builds of one key (parallel `make test`s).
-    """
+    """Returns a bin directory holding every module's outputs, building the modules it lacks."""
     go = go_command()
-    bin_dir = cache_root() / cache_key(go) / "bin"
-    if binaries_present(bin_dir):
-        return bin_dir
-    bin_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(bin_dir.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not binaries_present(bin_dir):
-            _build_into(go, bin_dir, log)
+    version = go_version(go)
+    built = [(module, cache_root() / "modules" / module.cache_key(version)) for module in MODULES]
+    for module, out in built:
+        _cached(out, module.outputs, functools.partial(_build_logged, go, module, log))
+    links = {name: out / name for module, out in built for name in module.outputs}
+    digest = hashlib.sha256(" ".join(out.name for _, out in built).encode()).hexdigest()[:10]
+    bin_dir = cache_root() / "bin" / digest
+    _cached(bin_dir, links, functools.partial(_link, links))
     return bin_dir
 
 
-def _build_into(go: str, bin_dir: Path, log: TextIO) -> None:
-    staging = bin_dir.with_name("bin.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+def _holds(directory: Path, names: Iterable[str]) -> bool:
+    return all((directory / name).is_file() for name in names)
+
+
+def _cached(target: Path, names: Iterable[str], make: Callable[[Path], None]) -> None:
+    """Makes `target` with `make(staging)` unless it already holds `names`.
+
+    A lock file beside it serialises concurrent cold builds of one key (parallel `make
+    test`s), and the final rename makes the directory appear complete or not at all.
+    """
+    names = list(names)
+    if _holds(target, names):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _holds(target, names):
+            return
+        staging = target.with_name(f"{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        make(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+
+
+def _build_logged(go: str, module: GoModule, log: TextIO, staging: Path) -> None:
     started = time.monotonic()
-    print(f"testbed: cold build into {bin_dir.parent} (minutes: see docs/testbed.md)", file=log, flush=True)
-    for module in MODULES:
-        print(f"testbed: building {module.pinned} {module.version()}", file=log, flush=True)
-        build_module(go, module, staging)
-    write_kwok_stages(go, staging)
-    shutil.rmtree(bin_dir, ignore_errors=True)
-    staging.rename(bin_dir)
-    print(f"testbed: built in {time.monotonic() - started:.0f} s", file=log, flush=True)
+    print(f"testbed: cold build of {module.pinned} {module.version()} (minutes: see docs/testbed.md)",
+          file=log, flush=True)
+    build_module(go, module, staging)
+    print(f"testbed: built {module.folder} in {time.monotonic() - started:.0f} s", file=log, flush=True)
+
+
+def _link(links: dict[str, Path], staging: Path) -> None:
+    for name, target in links.items():
+        (staging / name).symlink_to(target)
