@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -56,13 +57,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve_pod(args: argparse.Namespace) -> int:
-    from swiftdiffusion.runtime.config import ConfigError, load_config
+    from swiftdiffusion.runtime.config import BIND_ADDRESS_ENV, ConfigError, load_config
 
     try:
         config = load_config(args.config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    if os.environ.get(BIND_ADDRESS_ENV):
+        config = config.model_copy(update={"bind_address": os.environ[BIND_ADDRESS_ENV]})
     role = args.command.removeprefix("serve-")
     if config.role != role:
         print(f"config {args.config} is for role {config.role!r}, not {role!r}", file=sys.stderr)

@@ -109,6 +109,12 @@ class RuntimeConfig(_Camel):
         return self.base
 
 
+# Overrides `bindAddress` for one process: a pod that should listen on its own IP only
+# sets it from the downward API (`status.podIP`); the test bed's kubelet stand-in, whose
+# pods share one network namespace, sets it to each pod's address.
+BIND_ADDRESS_ENV = "SWIFTDIFFUSION_BIND_ADDRESS"
+
+
 class ConfigError(ValueError):
     """A config file the runtime refuses, with every offending key named."""
 

@@ -97,7 +97,7 @@ def start_base_server(config: RuntimeConfig) -> RunningServer:
     apply_process_settings(config)
     base = config.require_base()
     metrics = RuntimeMetrics("base")
-    metrics_port = metrics.serve(config.metrics_port) if config.metrics_port >= 0 else None
+    metrics_port = metrics.serve(config.metrics_port, config.bind_address) if config.metrics_port >= 0 else None
     server, health, port = new_grpc_server(config)
     servicer = BaseServicer(config, metrics, config.torch_threads)
     base_pb2_grpc.add_BaseServiceServicer_to_server(servicer, server)

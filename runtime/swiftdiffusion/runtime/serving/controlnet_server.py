@@ -86,7 +86,7 @@ def start_controlnet_server(config: RuntimeConfig) -> RunningServer:
     """The ControlNet pool's server: models load on demand into the LRU cache."""
     apply_process_settings(config)
     metrics = RuntimeMetrics("controlnet")
-    metrics_port = metrics.serve(config.metrics_port) if config.metrics_port >= 0 else None
+    metrics_port = metrics.serve(config.metrics_port, config.bind_address) if config.metrics_port >= 0 else None
     device = pick_device(config.device)
     dtype = config.controlnet.dtype
     cache = ControlNetCache(

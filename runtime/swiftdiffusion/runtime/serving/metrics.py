@@ -65,7 +65,10 @@ class RuntimeMetrics:
     def observe_load(self, kind: str, seconds: float) -> None:
         self.model_load_seconds.labels(self.role, kind).observe(seconds)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Expose /metrics over HTTP; returns the bound port (0 picks a free one)."""
+    def serve(self, port: int, bind_address: str = "[::]") -> int:
+        """Expose /metrics over HTTP on the gRPC server's bind address (a wildcard means every
+        IPv4 address, as before); returns the bound port (0 picks a free one)."""
+        host = bind_address.strip("[]")
+        addr = "0.0.0.0" if host in ("", "::", "0.0.0.0") else host
         server, _ = start_http_server(port, addr=addr, registry=self.registry)
         return server.server_port
