@@ -32,8 +32,7 @@ def server_side_apply(api: ApiClient, path: str, body: dict[str, Any], manager: 
                         content_type="application/apply-patch+yaml")
 
 
-@pytest.fixture(scope="session")
-def t2i_crd(k8s_client: ApiClient) -> Iterator[str]:
+def install_crd(k8s_client: ApiClient) -> str:
     """The CRD (as generated into crds/), established, plus the operator's ClusterRole."""
     definition = crd.crd()
     name = definition["metadata"]["name"]
@@ -48,11 +47,16 @@ def t2i_crd(k8s_client: ApiClient) -> Iterator[str]:
 
     eventually(established, timeout=60)
     eventually(lambda: kube.request(k8s_client, "GET", WORKFLOWS.format(ns="default")), timeout=30)
-    yield name
+    return name
+
+
+@pytest.fixture(scope="session")
+def t2i_crd(k8s_client: ApiClient) -> Iterator[str]:
+    yield install_crd(k8s_client)
     kube.request(k8s_client, "DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{TEST_ROLE}")
 
 
-def _service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: str, target: pathlib.Path) -> str:
+def service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: str, target: pathlib.Path) -> str:
     """A kubeconfig for a ServiceAccount bound (in `namespace` only) to the operator's rules."""
     sa = rbac.NAME
     server_side_apply(api, f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}",
@@ -85,7 +89,7 @@ def token_kubeconfig(api: ApiClient, admin_config: str, namespace: str, account:
 def operator(t2i_crd: str, k8s_client: ApiClient, kube_config: str, namespace: str,
              tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
     """The operator, running as its least-privilege ServiceAccount, watching `namespace`."""
-    kubeconfig = _service_account_kubeconfig(k8s_client, kube_config, namespace, tmp_path / "operator.kubeconfig")
+    kubeconfig = service_account_kubeconfig(k8s_client, kube_config, namespace, tmp_path / "operator.kubeconfig")
     process = LocalOperator(namespace, kubeconfig, tmp_path / "operator.log").start()
     try:
         yield process

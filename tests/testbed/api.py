@@ -23,14 +23,20 @@ class ApiClient:
         context.load_cert_chain(str(self.cert), str(self.key))
         return context
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10,
+                content_type: str = "application/json") -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            self.server + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            self.server + path, data=data, method=method, headers={"Content-Type": content_type}
         )
         with urllib.request.urlopen(request, context=self._context(), timeout=timeout) as response:
             payload = response.read()
         return json.loads(payload) if payload.startswith(b"{") else payload.decode()
+
+    def patch_status(self, path: str, status: dict[str, Any]) -> Any:
+        """A strategic merge patch of `path`/status (conditions merge by type)."""
+        return self.request("PATCH", f"{path}/status", {"status": status},
+                            content_type="application/strategic-merge-patch+json")
 
     def ready(self) -> bool:
         """True when /readyz answers ok, i.e. etcd is reachable and post-start hooks ran."""

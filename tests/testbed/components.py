@@ -18,6 +18,7 @@ class Layout:
     bin: Path
     state: Path
     ports: dict[str, int]
+    service_range: str = SERVICE_RANGE
 
     @property
     def pki(self) -> Path:
@@ -60,7 +61,7 @@ def kube_apiserver(at: Layout) -> list[str]:
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",  # on top of the default plugins
         "--allow-privileged=true",
-        f"--service-cluster-ip-range={SERVICE_RANGE}",
+        f"--service-cluster-ip-range={at.service_range}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",

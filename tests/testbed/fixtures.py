@@ -7,6 +7,7 @@ so the same tests run on kind, k3d or a real cluster.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import uuid
@@ -50,11 +51,12 @@ def _namespace_name(test_name: str) -> str:
     return f"t-{stem}-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture
-def namespace(k8s_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace, ready for pods (its default ServiceAccount exists)."""
+@contextlib.contextmanager
+def fresh_namespace(k8s_client: client.ApiClient, test_name: str) -> Iterator[str]:
+    """A new namespace named after the test, ready for pods (its default ServiceAccount
+    exists), deleted afterwards."""
     core = client.CoreV1Api(k8s_client)
-    name = _namespace_name(request.node.name)
+    name = _namespace_name(test_name)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     try:
         eventually(lambda: core.read_namespaced_service_account("default", name), timeout=60)
@@ -65,3 +67,9 @@ def namespace(k8s_client: client.ApiClient, request: pytest.FixtureRequest) -> I
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+@pytest.fixture
+def namespace(k8s_client: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    with fresh_namespace(k8s_client, request.node.name) as name:
+        yield name

@@ -28,6 +28,11 @@ DEFAULT_POOLS = (
     GpuPool("gpu-h800", "NVIDIA-H800", 4),
     GpuPool("gpu-h100", "NVIDIA-H100-80GB-HBM3", 2),
 )
+# The fleet's nodes run real processes: fewer of them, enough for every example.
+FLEET_POOLS = (
+    GpuPool("gpu-h800", "NVIDIA-H800", 2),
+    GpuPool("gpu-h100", "NVIDIA-H100-80GB-HBM3", 1),
+)
 
 
 def gpu_node(pool: GpuPool, index: int) -> dict[str, Any]:

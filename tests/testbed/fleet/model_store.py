@@ -1,0 +1,45 @@
+"""The fleet's model store: the tiny offline model set laid out under the names that
+workflows use, so an example (hub ids, LoRAs under /models/loras) runs unchanged.
+
+Hub ids become folders linking to the tiny base model or ControlNet (by the ControlNet's
+kind, read from its name); LoRA files named under the store's mount path become random
+LoRAs for the tiny base. A real store holds the real weights at the same names.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set
+
+CONTROLNET_KINDS = ("canny", "depth", "pose")
+
+
+def controlnet_kind(reference: str) -> str:
+    """The tiny ControlNet standing in for `reference` (canny unless its name says otherwise)."""
+    return next((kind for kind in CONTROLNET_KINDS if kind in reference.lower()), "canny")
+
+
+def _link(path: Path, target: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.symlink_to(target, target_is_directory=target.is_dir())
+
+
+def populate(store: Path, model_set: Path, workflows: Iterable[dict[str, Any]]) -> Path:
+    """Fills `store` (the host folder of a workflow's model store) for every workflow body."""
+    for workflow in workflows:
+        spec = workflow["spec"]
+        mount = spec.get("modelStore", {}).get("path", "/models")
+        _link(store / spec["base"]["model"], model_set / "base")
+        for controlnet in spec.get("controlnets", []):
+            reference = controlnet.get("model") or controlnet["name"]
+            _link(store / reference, model_set / "controlnets" / controlnet_kind(reference))
+        for lora in spec.get("loras", []):
+            source = Path(lora["source"])
+            if source.is_absolute() and source.is_relative_to(mount):
+                name = source.stem
+                _link(store / source.relative_to(mount), lora_for_model_set(model_set, name))
+    return store
