@@ -83,6 +83,7 @@ MODULES = (
     GoModule("etcd", "go.etcd.io/etcd/server/v3", {"etcd": "go.etcd.io/etcd/server/v3"}),
     GoModule("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, {KWOK_STAGES: KWOK_STAGE_FILES}),
     GoModule("helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"}),
+    GoModule("coredns", "github.com/coredns/coredns", {"coredns": "."}),
 )
 
 

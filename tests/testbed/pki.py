@@ -36,6 +36,7 @@ CLIENTS = (
     ClientIdentity("kube-controller-manager", "system:kube-controller-manager"),
     ClientIdentity("kube-scheduler", "system:kube-scheduler"),
     ClientIdentity("kwok", "kwok-controller", ("system:masters",)),
+    ClientIdentity("coredns", "system:coredns"),  # read-only, bound by tests/testbed/dns.py
     ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
 )
 

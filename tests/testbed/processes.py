@@ -73,24 +73,31 @@ def _reap(pid: int) -> None:
 
 
 def stop_all(state: Path, order: list[str], grace: float = 10.0) -> None:
-    """SIGTERMs each recorded process group in `order`, SIGKILLs what outlives `grace`."""
+    """Stops every recorded process: those in `order` first, in that order, then the rest."""
     entries = recorded(state)
-    names = [n for n in order if n in entries] + [n for n in entries if n not in order]
-    for name in names:
-        pid, executable = entries[name]
-        if _alive_as(pid, executable):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
+    for name in [n for n in order if n in entries] + [n for n in entries if n not in order]:
+        stop(state, name, grace)
+
+
+def stop(state: Path, name: str, grace: float = 10.0) -> None:
+    """SIGTERMs the process group recorded as `name`, SIGKILLs it if it outlives `grace`."""
+    entry = recorded(state).get(name)
+    if entry is None:
+        return
+    pid, executable = entry
+    if _alive_as(pid, executable):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not _alive_as(pid, executable):
+            break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while _alive_as(pid, executable):
             _reap(pid)
-            if not _alive_as(pid, executable):
-                break
             time.sleep(0.05)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while _alive_as(pid, executable):
-                _reap(pid)
-                time.sleep(0.05)
-        (state / "pids" / name).unlink()
+    (state / "pids" / name).unlink()
