@@ -7,7 +7,8 @@ import re
 import pytest
 import yaml
 
-from swiftdiffusion.operator import dashboard, rbac, render
+from swiftdiffusion.operator import dashboard, netpol, rbac, render
+from swiftdiffusion.operator.main import parse_args
 from tests.chart.helm import CHART, GPU_TOLERATION, Helm, by_kind, one
 
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
@@ -41,7 +42,7 @@ def test_defaults_render_a_non_root_operator_with_liveness_probe_and_metrics_por
         assert set(STANDARD_LABELS) <= set(obj["metadata"]["labels"]), obj["kind"]
     c = container(objects)
     assert c["image"] == "swiftdiffusion/operator:0.1.0"
-    assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090", "--workers=4"]
+    assert c["args"][:3] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090", "--workers=4"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"liveness": 8080, "metrics": 9090}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -76,7 +77,9 @@ def test_overrides_watch_listed_namespaces_and_move_ports_and_scheduling(helm: H
                             "resources.limits.cpu=1", "dashboard.enabled=false", *GPU_TOLERATION)
     c = container(objects)
     assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9191", "--workers=4",
-                         "--namespace=team-a", "--namespace=team-b", "--verbose"]
+                         "--namespace=team-a", "--namespace=team-b",
+                         '--monitoring-namespace-selector={"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}',
+                         '--base-pool-clients=[{"podSelector":{}}]', "--verbose"]
     assert c["image"] == "swiftdiffusion/operator:dev"
     assert c["resources"]["limits"] == {"cpu": 1, "memory": "512Mi"}
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
@@ -84,6 +87,29 @@ def test_overrides_watch_listed_namespaces_and_move_ports_and_scheduling(helm: H
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert one(objects, "Service")["spec"]["ports"][0]["port"] == 9191
     assert not by_kind(objects, "ConfigMap")
+
+
+@pytest.mark.parametrize("values, expected", [
+    ((), netpol.DEFAULT),
+    (("networkPolicy.enabled=false",), netpol.Settings(enabled=False)),
+    (("networkPolicy.monitoringNamespaceSelector.matchLabels.team=obs",
+      "networkPolicy.baseClients[0].namespaceSelector.matchLabels.gateway=yes",
+      "networkPolicy.baseClients[0].podSelector.matchLabels.app=gateway"),
+     netpol.Settings(monitoring_namespaces={"matchLabels": {"kubernetes.io/metadata.name": "monitoring", "team": "obs"}},
+                     base_clients=[{"namespaceSelector": {"matchLabels": {"gateway": "yes"}},
+                                    "podSelector": {"matchLabels": {"app": "gateway"}}}])),
+], ids=["defaults", "off", "custom"])
+def test_network_policy_values_reach_the_operator_as_its_settings(helm: Helm, values: tuple[str, ...],
+                                                                   expected: netpol.Settings) -> None:
+    """The operator's own argument parser reads the Deployment's args back into the values' settings."""
+    args = parse_args(container(helm.template(*values))["args"])
+    assert netpol.Settings(args.network_policies, args.monitoring_namespace_selector,
+                           args.base_pool_clients) == expected
+
+
+def test_a_base_client_that_is_not_a_network_policy_peer_is_refused(helm: Helm) -> None:
+    result = helm.run("template", "swd", str(CHART), "--set", "networkPolicy.baseClients[0].pods=x", check=False)
+    assert result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr
 
 
 def test_service_monitors_scrape_the_operator_and_label_runtime_pools_for_the_dashboard(helm: Helm) -> None:

@@ -340,7 +340,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     for i in range(3):
         cluster.wait_ready(f"wf{i}")
     names = [o["ref"] for o in cluster.children()]
-    assert len(names) == len(set(names)) == 3 * 8
+    assert len(names) == len(set(names)) == 3 * 2 * len(render.POOL_KINDS)  # base and ControlNet pool each
 
 
 def test_unschedulable_pool_reports_the_schedulers_reason(operator: LocalOperator, cluster: Cluster) -> None:

@@ -22,7 +22,8 @@ def _config(manifests: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
 
 def test_workflow_without_controlnets_renders_only_the_base_pool() -> None:
     manifests = render.render_workflow(workflow())
-    assert sorted(x["kind"] for x in manifests) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
+    assert sorted(x["kind"] for x in manifests) == [
+        "ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Service"]
     assert {x["metadata"]["name"] for x in manifests} == {"swd-wf-base"}
 
 

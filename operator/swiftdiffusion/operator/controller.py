@@ -17,7 +17,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from swiftdiffusion.operator import crd, drift, kube, render
+from swiftdiffusion.operator import crd, drift, kube, netpol, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.api_errors import describe, shorten
 from swiftdiffusion.operator.cache import ChildCache
@@ -59,6 +59,7 @@ def _is_transient(error: Exception) -> bool:
 class Controller:
     api: ApiClient
     cache: ChildCache = field(default_factory=ChildCache)
+    network: netpol.Settings = netpol.DEFAULT
 
     def reconcile(self, key: Key) -> Reconciled:
         """Reconciles one object; returns further keys to reconcile."""
@@ -82,12 +83,12 @@ class Controller:
             self.cache.put(kind, live)
         return live
 
-    def prune(self, namespace: str, pool: str) -> list[str]:
+    def prune(self, namespace: str, pool: str, kinds: tuple[tuple[str, str], ...] = render.POOL_KINDS) -> list[str]:
         """Deletes a pool that is no longer wanted while its owners live on (e.g. the last
         member left a shared pool, or a workflow dropped its ControlNets); only objects
         labelled as that pool of ours are touched."""
         deleted = []
-        for api_version, kind in render.POOL_KINDS:
+        for api_version, kind in kinds:
             live = self._live(api_version, kind, namespace, pool)
             labels = (live or {}).get("metadata", {}).get("labels") or {}
             if live is None or labels.get(render.POOL_LABEL) != pool or not render.is_managed(labels):
@@ -107,7 +108,12 @@ class Controller:
         return True
 
     def _ensure_all(self, manifests: list[render.Manifest]) -> list[str]:
-        return [f"{mf['kind']}/{mf['metadata']['name']}" for mf in manifests if self.ensure(mf)]
+        """Applies the pools' objects; with NetworkPolicies switched off, deletes those an earlier run made."""
+        applied = [f"{mf['kind']}/{mf['metadata']['name']}" for mf in manifests if self.ensure(mf)]
+        if self.network.enabled:
+            return applied
+        pools = sorted({(mf["metadata"]["namespace"], mf["metadata"]["name"]) for mf in manifests})
+        return applied + [gone for ns, pool in pools for gone in self.prune(ns, pool, (netpol.TYPE,))]
 
     def _deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._live("apps/v1", "Deployment", namespace, name)
@@ -143,7 +149,7 @@ class Controller:
             self._report(body, previous, [], shorten(f"spec does not match the operator's model: {problems}"))
             raise ReconcileError(str(error), transient=False) from error
         try:
-            applied = self._ensure_all(render.render_workflow(wf))
+            applied = self._ensure_all(render.render_workflow(wf, self.network))
             if not render.has_dedicated_controlnet_pool(wf):
                 applied += self.prune(namespace, render.dedicated_controlnet_pool_name(wf.name))
         except ApiException as error:  # reported in status (once per distinct message), then retried
@@ -189,7 +195,7 @@ class Controller:
             if pruned:
                 log.info("%s: shared pool %s has no members left, deleted %s", namespace, pool, ", ".join(pruned))
             return []
-        applied = self._ensure_all(render.render_shared_pool(pool, members))
+        applied = self._ensure_all(render.render_shared_pool(pool, members, self.network))
         if applied:
             leader = render.oldest_first(members)[0]
             leader_body = next(b for b in bodies if b["metadata"]["uid"] == leader.uid)

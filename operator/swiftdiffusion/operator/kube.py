@@ -22,7 +22,8 @@ APPLY_PATCH = "application/apply-patch+yaml"
 # Scanned left to right: an escaped backslash is consumed whole, so "\\ud83d" stays text.
 _SURROGATE_PAIR = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
-           "PodDisruptionBudget": "poddisruptionbudgets", m.KIND: m.PLURAL, "Event": "events"}
+           "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies", m.KIND: m.PLURAL,
+           "Event": "events"}
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:

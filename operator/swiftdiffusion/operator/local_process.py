@@ -30,13 +30,14 @@ class LocalOperator:
     log_path: Path
     metrics_port: int = field(default_factory=free_port)
     liveness_port: int = field(default_factory=free_port)
+    args: tuple[str, ...] = ()  # further command-line options, e.g. --no-network-policies
     process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> LocalOperator:
         """Start it and wait until its liveness endpoint answers."""
         command = [sys.executable, "-m", "swiftdiffusion.operator.main", "--namespace", self.namespace,
                    "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz",
-                   "--metrics-port", str(self.metrics_port)]
+                   "--metrics-port", str(self.metrics_port), *self.args]
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log_path.open("a") as log:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swiftdiffusion.operator import model as m
+from swiftdiffusion.operator import netpol
 from swiftdiffusion.operator import runtime_config as rc
 from swiftdiffusion.runtime.config import RuntimeConfig
 
@@ -34,7 +35,8 @@ PRE_STOP_SECONDS = 5
 # preStop, then the runtime's own drain (in-flight requests finish), then a margin to exit.
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(rc.SHUTDOWN_GRACE_SECONDS) + 10
 BASE, CONTROLNET = "base", "controlnet"
-POOL_KINDS = (("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"), ("policy/v1", "PodDisruptionBudget"))
+POOL_KINDS = (("v1", "ConfigMap"), netpol.TYPE, ("apps/v1", "Deployment"), ("v1", "Service"),
+              ("policy/v1", "PodDisruptionBudget"))
 
 
 def is_managed(labels: dict[str, str]) -> bool:
@@ -77,6 +79,7 @@ class PoolPlan:
     config: RuntimeConfig
     labels: dict[str, str]
     owners: tuple[dict[str, Any], ...]
+    callers: tuple[str, ...] = ()  # a ControlNet pool's: the base pools that call it
 
 
 def owner_reference(wf: m.Workflow, *, controller: bool) -> dict[str, Any]:
@@ -124,6 +127,12 @@ def _service(plan: PoolPlan) -> Manifest:
 def _pdb(plan: PoolPlan) -> Manifest:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _metadata(plan),
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {POOL_LABEL: plan.name}}}}
+
+
+def _network_policy(plan: PoolPlan, settings: netpol.Settings) -> Manifest:
+    """A ControlNet pool answers its callers' base pools only; a base pool answers its clients."""
+    callers = [netpol.pods_of(POOL_LABEL, plan.callers)] if plan.role == CONTROLNET else settings.base_clients
+    return netpol.policy(_metadata(plan), {"matchLabels": {POOL_LABEL: plan.name}}, callers, settings)
 
 
 def _model_volume(store: m.ModelStore) -> dict[str, Any] | None:
@@ -222,10 +231,12 @@ def _deployment(plan: PoolPlan, config_hash: str) -> Manifest:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 
-def render_pool(plan: PoolPlan) -> list[Manifest]:
-    """ConfigMap, Deployment, Service and PodDisruptionBudget of one pool (apply in this order)."""
+def render_pool(plan: PoolPlan, network: netpol.Settings) -> list[Manifest]:
+    """ConfigMap, NetworkPolicy (if on: before any pod exists), Deployment, Service and
+    PodDisruptionBudget of one pool (apply in this order)."""
     text = rc.to_yaml(plan.config)
-    manifests = [_config_map(plan, text), _deployment(plan, rc.digest(text)), _service(plan), _pdb(plan)]
+    policies = [_network_policy(plan, network)] if network.enabled else []
+    manifests = [_config_map(plan, text), *policies, _deployment(plan, rc.digest(text)), _service(plan), _pdb(plan)]
     return [_stamp(manifest) for manifest in manifests]
 
 
@@ -248,6 +259,7 @@ def dedicated_controlnet_plan(wf: m.Workflow) -> PoolPlan:
         config=rc.controlnet_config(wf, wf.spec.controlnets),
         labels=_labels(name, CONTROLNET, {WORKFLOW_LABEL: wf.name}),
         owners=(owner_reference(wf, controller=True),),
+        callers=(base_pool_name(wf.name),),
     )
 
 
@@ -278,6 +290,7 @@ def shared_controlnet_plan(pool: str, members: Sequence[m.Workflow]) -> PoolPlan
         config=rc.controlnet_config(leader, shared_controlnets(ordered)),
         labels=_labels(name, CONTROLNET, {SHARED_POOL_LABEL: pool}),
         owners=tuple(owner_reference(wf, controller=False) for wf in sorted(ordered, key=lambda wf: wf.uid)),
+        callers=tuple(base_pool_name(wf.name) for wf in ordered),
     )
 
 
@@ -286,13 +299,14 @@ def has_dedicated_controlnet_pool(wf: m.Workflow) -> bool:
     return bool(wf.spec.controlnets) and not wf.shared_pool
 
 
-def render_workflow(wf: m.Workflow) -> list[Manifest]:
+def render_workflow(wf: m.Workflow, network: netpol.Settings = netpol.DEFAULT) -> list[Manifest]:
     """The workflow's own children: its base pool and, unless shared, its ControlNet pool."""
-    manifests = render_pool(base_pool_plan(wf))
+    manifests = render_pool(base_pool_plan(wf), network)
     if has_dedicated_controlnet_pool(wf):
-        manifests += render_pool(dedicated_controlnet_plan(wf))
+        manifests += render_pool(dedicated_controlnet_plan(wf), network)
     return manifests
 
 
-def render_shared_pool(pool: str, members: Sequence[m.Workflow]) -> list[Manifest]:
-    return render_pool(shared_controlnet_plan(pool, members))
+def render_shared_pool(pool: str, members: Sequence[m.Workflow],
+                       network: netpol.Settings = netpol.DEFAULT) -> list[Manifest]:
+    return render_pool(shared_controlnet_plan(pool, members), network)
