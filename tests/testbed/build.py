@@ -84,6 +84,7 @@ MODULES = (
     GoModule("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, {KWOK_STAGES: KWOK_STAGE_FILES}),
     GoModule("helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"}),
     GoModule("coredns", "github.com/coredns/coredns", {"coredns": "."}),
+    GoModule("kstatus", "sigs.k8s.io/cli-utils", {"kstatus": "."}),
 )
 
 
