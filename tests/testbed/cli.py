@@ -17,8 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/testbed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("build", "up", "down", "status"))
-    command = parser.parse_args(argv).command
-    bed = TestBed(default_state_dir())
+    parser.add_argument("--fleet", action="store_true",
+                        help="GPU nodes run real runtime processes (needs root and the project's venv)")
+    args = parser.parse_args(argv)
+    command = args.command
+    bed = TestBed(default_state_dir(), fleet=args.fleet)
     started = time.monotonic()
     try:
         if command == "build":

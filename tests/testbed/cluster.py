@@ -16,20 +16,26 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from tests.testbed import build, components, nodes, processes
 from swiftdiffusion.runtime.dev.ports import free_ports
 from tests.testbed.api import ApiClient
+from tests.testbed.dns import start_coredns
+from tests.testbed.fleet.network import FleetNetwork, ensure_local_routes
 from tests.testbed.kubeconfig import write_kubeconfig
 from tests.testbed.pki import make_pki
 
 DEFAULT_STATE = "/tmp/swiftdiffusion-testbed"
+REPO = Path(__file__).resolve().parents[2]
 MARKER = "testbed.json"
 # Started in this order, stopped in reverse: each needs the ones before it.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+COMPONENTS = (*CONTROL_PLANE, "kwok")
+# A fleet's nodes run real pods: its kubelet stand-in replaces kwok, and pods need DNS.
+FLEET_COMPONENTS = (*CONTROL_PLANE, "coredns", "kubelet")
 PORTS = ("etcd-client", "etcd-peer", "apiserver", "controller-manager", "scheduler")
-OWNED = (MARKER, "kubeconfig", "pki", "etcd-data", "kubeconfigs", "logs", "pids", "kwok-home", "certs")
+OWNED = (MARKER, "kubeconfig", "pki", "etcd-data", "kubeconfigs", "logs", "pids", "kwok-home", "certs", "fleet", "coredns")
 
 
 class TestBedError(RuntimeError):
@@ -52,10 +58,15 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
 
 @dataclass(frozen=True)
 class TestBed:
-    """One test bed, identified by its state directory."""
+    """One test bed, identified by its state directory.
+
+    `fleet`: its GPU nodes run the pods for real (tests/testbed/fleet) instead of kwok
+    faking them; it needs root (local routes, mount namespaces, DNS on port 53).
+    """
 
     __test__ = False  # a name pytest would otherwise try to collect
     state: Path
+    fleet: bool = False
 
     @property
     def kubeconfig(self) -> Path:
@@ -65,19 +76,34 @@ class TestBed:
     def pki(self) -> Path:
         return self.state / "pki"
 
+    @property
+    def model_store(self) -> Path:
+        """A fleet's model store: a PersistentVolume's hostPath, and what its image holds."""
+        return self.state / "fleet" / "models"
+
+    def marker(self) -> dict[str, Any]:
+        return json.loads((self.state / MARKER).read_text())
+
     def ports(self) -> dict[str, int]:
-        return json.loads((self.state / MARKER).read_text())["ports"]
+        return self.marker()["ports"]
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return FLEET_COMPONENTS if self.fleet else COMPONENTS
+
+    def network(self) -> FleetNetwork:
+        return FleetNetwork(self.marker()["fleet"]["network"])
 
     def api(self) -> ApiClient:
         server = f"https://127.0.0.1:{self.ports()['apiserver']}"
         return ApiClient(server, self.pki / "ca.crt", self.pki / "admin.crt", self.pki / "admin.key")
 
     def is_up(self) -> bool:
-        """All five daemons alive and the apiserver ready."""
+        """All its daemons alive and the apiserver ready."""
         if not (self.state / MARKER).is_file():
             return False
         alive = processes.running(self.state)
-        return all(alive.get(name) for name in COMPONENTS) and self.api().ready()
+        return all(alive.get(name) for name in self.components) and self.api().ready()
 
     def up(self, *, tied_to_parent: bool = False, log: TextIO = sys.stderr) -> Path:
         """Starts the test bed (or finds it already up) and returns its admin kubeconfig."""
@@ -88,10 +114,19 @@ class TestBed:
         bin_dir = build.ensure_built(log)
         self._reset_state()
         ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
-        (self.state / MARKER).write_text(json.dumps({"ports": ports, "bin": str(bin_dir)}, indent=2))
+        marker: dict[str, Any] = {"ports": ports, "bin": str(bin_dir)}
+        network = FleetNetwork.pick() if self.fleet else None
+        if network is not None:
+            ensure_local_routes()
+            marker["fleet"] = {"network": network.index}
+        (self.state / MARKER).write_text(json.dumps(marker, indent=2))
         started = time.monotonic()
-        make_pki(self.pki)
-        at = components.Layout(bin_dir, self.state, ports)
+        if network is None:
+            make_pki(self.pki)
+            at = components.Layout(bin_dir, self.state, ports)
+        else:
+            make_pki(self.pki, network.apiserver_service_ip)
+            at = components.Layout(bin_dir, self.state, ports, network.service_cidr)
         write_kubeconfig(self.kubeconfig, at.server, self.pki, "admin")
         for identity in ("kube-controller-manager", "kube-scheduler", "kwok"):
             write_kubeconfig(at.kubeconfig(identity), at.server, self.pki, identity)
@@ -107,7 +142,7 @@ class TestBed:
     def down(self) -> None:
         """Stops every process this state directory recorded, newest first."""
         if self.state.is_dir():
-            processes.stop_all(self.state, list(reversed(COMPONENTS)))
+            processes.stop_all(self.state, ["kubelet", "kwok", "coredns", *reversed(CONTROL_PLANE)])
 
     def _reset_state(self) -> None:
         if self.state.is_dir() and not (self.state / MARKER).exists() and any(self.state.iterdir()):
@@ -149,23 +184,36 @@ class TestBed:
         self._wait("kube-apiserver", "kube-apiserver /readyz", self.api().ready, 180)
         self._start("kube-controller-manager", components.kube_controller_manager(at), tied)
         self._start("kube-scheduler", components.kube_scheduler(at), tied)
+        if self.fleet:
+            self._start_fleet(tied)
+            return
         home = self.state / "kwok-home"  # kwok also reads ~/.kwok/kwok.yaml: keep it private
         home.mkdir()
         self._start("kwok", components.kwok(at), tied, env={**os.environ, "HOME": str(home)})
 
+    def _start_fleet(self, tied: bool) -> None:
+        """CoreDNS on the cluster DNS address, then the kubelet stand-in (in this
+        interpreter: its pods run this checkout's runtime)."""
+        start_coredns(self, self.network().dns_ip, 53, tied_to_parent=tied)
+        self._start("kubelet", [sys.executable, "-m", "tests.testbed.fleet", str(self.state)], tied,
+                    env={**os.environ, "PYTHONPATH": str(REPO)})
+
     def _register_nodes(self) -> None:
         api = self.api()
-        wanted = nodes.gpu_nodes()
-        for node in wanted:
-            api.create_or_replace("/api/v1/nodes", node)
+        if self.fleet:
+            wanted, player = nodes.gpu_nodes(nodes.FLEET_POOLS), "kubelet"  # it registers them itself
+        else:
+            wanted, player = nodes.gpu_nodes(), "kwok"
+            for node in wanted:
+                api.create_or_replace("/api/v1/nodes", node)
         names = {node["metadata"]["name"] for node in wanted}
 
         def all_ready() -> bool:
             listed = api.request("GET", "/api/v1/nodes")["items"]
             return names <= {n["metadata"]["name"] for n in listed if nodes.is_ready(n)}
 
-        self._wait("kwok", "the fake GPU nodes to be Ready", all_ready, 90)
-        for name in COMPONENTS:
+        self._wait(player, "the GPU nodes to be Ready", all_ready, 90)
+        for name in self.components:
             self._check_alive(name)
 
 

@@ -78,14 +78,15 @@ def _make_leaf(pki: Path, ca: str, name: str, subject: str, extensions: str, con
     extfile.unlink()
 
 
-def make_pki(pki: Path) -> None:
-    """Writes every cert and key the control plane needs into `pki`."""
+def make_pki(pki: Path, service_ip: str = SERVICE_IP) -> None:
+    """Writes every cert and key the control plane needs into `pki`; `service_ip` is the
+    apiserver's address in the service range (a SAN of its serving cert)."""
     pki.mkdir(parents=True, exist_ok=True)
     config = pki / "openssl.cnf"
     config.write_text(_MINIMAL_CONFIG)
     _make_ca(pki, "ca", config)
     _make_ca(pki, "front-proxy-ca", config)
-    names = ",".join([f"DNS:{name}" for name in APISERVER_NAMES] + ["IP:127.0.0.1", f"IP:{SERVICE_IP}"])
+    names = ",".join([f"DNS:{name}" for name in APISERVER_NAMES] + ["IP:127.0.0.1", f"IP:{service_ip}"])
     _make_leaf(
         pki, "ca", "apiserver", _subject("kube-apiserver"),
         f"extendedKeyUsage = serverAuth\nsubjectAltName = {names}\n", config,

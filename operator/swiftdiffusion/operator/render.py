@@ -200,6 +200,8 @@ def _pod_spec(plan: PoolPlan) -> dict[str, Any]:
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUNTIME_UID, "runAsGroup": RUNTIME_UID,
                             "fsGroup": RUNTIME_UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "enableServiceLinks": False,
+        # The runtime never calls the API server: no token in its pods to steal.
+        "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "containers": [_container(plan)],
         "volumes": volumes,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from swiftdiffusion.runtime.serving.api import base_pb2, base_pb2_grpc
-from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS
+from swiftdiffusion.runtime.serving.grpc_common import CHANNEL_OPTIONS, retry_unstarted
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,11 @@ def generate_request(
     )
 
 
+# A seeded Generate is idempotent: one the server never started is tried again.
+CLIENT_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, *retry_unstarted("swiftdiffusion.v1.BaseService")]
+
+
 def generate(target: str, request: base_pb2.GenerateRequest, timeout: float | None = 600.0) -> GenerateReply:
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+    with grpc.insecure_channel(target, options=CLIENT_CHANNEL_OPTIONS) as channel:
         reply = base_pb2_grpc.BaseServiceStub(channel).Generate(request, timeout=timeout)
     return GenerateReply(reply.png, reply.width, reply.height, {t.phase: t.seconds for t in reply.timings})

@@ -1,5 +1,6 @@
 """`python -m tests.testbed.fleet <state dir>`: the fleet's kubelet and service proxy for
-the test bed in that state dir, until SIGTERM (started by `TestBed.up` in fleet mode)."""
+the test bed in that state dir, until SIGTERM (started by `TestBed.up` in fleet mode).
+It first fills the fleet's model store (the tiny set under the examples' names)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.runtime.fixtures import cached_model_set
 from tests.testbed.cluster import TestBed
+from tests.testbed.fleet import model_store
 from tests.testbed.fleet.kubelet import Kubelet
 from tests.testbed.fleet.network import FleetNetwork
 from tests.testbed.fleet.service_proxy import ServiceProxy
@@ -18,7 +21,8 @@ from tests.testbed.nodes import FLEET_POOLS
 def main(state: Path) -> None:
     bed = TestBed(state)
     network = FleetNetwork(bed.marker()["fleet"]["network"])
-    kubelet = Kubelet(bed.api(), network, state / "fleet", FLEET_POOLS)
+    store = model_store.populate(bed.model_store, cached_model_set("tiny"), model_store.example_workflows())
+    kubelet = Kubelet(bed.api(), network, state / "fleet", FLEET_POOLS, {model_store.IMAGE_MODEL_PATH: store})
     loop = asyncio.new_event_loop()
     proxy_stopping = asyncio.Event()
 

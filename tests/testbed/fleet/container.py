@@ -85,13 +85,18 @@ def mounts(container: dict[str, Any], volumes: dict[str, Path | None]) -> list[M
     return out
 
 
-def launch(pod: dict[str, Any], pod_ip: str, volumes: dict[str, Path | None]) -> Launch:
-    """The first container's process (pools run one container per pod)."""
+def launch(pod: dict[str, Any], pod_ip: str, volumes: dict[str, Path | None],
+           image: dict[str, Path] | None = None) -> Launch:
+    """The first container's process (pools run one container per pod). `image`: what the
+    container's image would hold (mount path -> host folder), shadowed by the pod's volumes."""
     container = pod["spec"]["containers"][0]
     argv = [*container.get("command", []), *container.get("args", [])]
     if not argv:
         raise ContainerConfigError("the fleet's kubelet has no image entrypoint: the container needs a command")
-    return Launch(argv, environment(pod, container, pod_ip), mounts(container, volumes))
+    own = mounts(container, volumes)
+    targets = {m.target for m in own}
+    from_image = [Mount(target, source, read_only=True) for target, source in (image or {}).items() if target not in targets]
+    return Launch(argv, environment(pod, container, pod_ip), from_image + own)
 
 
 def _under(path: Path, folder: str) -> bool:

@@ -120,8 +120,10 @@ class PodWorker:
     ip: str
     network: FleetNetwork
     folder: Path
+    image: dict[str, Path]
     process: subprocess.Popen | None = None
     restarts: int = 0
+    started: bool = False  # the startup probe passed
     ready: bool = False
     last_state: dict[str, Any] = field(default_factory=dict)
     started_at: str = ""
@@ -178,7 +180,7 @@ class PodWorker:
             "containerStatuses": [{
                 "name": name, "image": self.pod["spec"]["containers"][0].get("image", ""),
                 "imageID": "", "containerID": f"fleet://{self.process.pid}" if self.process else "",
-                "ready": self.ready, "started": "running" in state, "restartCount": self.restarts,
+                "ready": self.ready, "started": self.started and "running" in state, "restartCount": self.restarts,
                 "state": state, "lastState": self.last_state,
             }],
         }
@@ -221,7 +223,7 @@ class PodWorker:
                     reported = True
                 time.sleep(2)
                 continue
-            spec = container.launch(self.pod, self.ip, volumes)
+            spec = container.launch(self.pod, self.ip, volumes, self.image)
             for path in container.mount_points(spec):
                 path.mkdir(parents=True, exist_ok=True)
             (self.folder / "resolv.conf").write_text(resolv_conf(self.network, self.pod["metadata"]["namespace"]))
@@ -293,13 +295,15 @@ class PodWorker:
         startup = Probe(probes["startupProbe"]) if "startupProbe" in probes else None
         readiness = Probe(probes["readinessProbe"]) if "readinessProbe" in probes else None
         liveness = Probe(probes["livenessProbe"]) if "livenessProbe" in probes else None
-        started = startup is None
+        self.started = startup is None
         while self.process.poll() is None:
             if self.deleting:
                 return True
-            if not started:
+            if not self.started:
                 outcome = startup.run(self.ip)
-                started = bool(outcome)
+                self.started = bool(outcome)
+                if self.started:
+                    self.report({"running": {"startedAt": self.started_at}})
                 if outcome is False:
                     self.event("Warning", "Unhealthy", "Startup probe failed: the container will be restarted")
                     self.stop_process(signal.SIGTERM)
@@ -316,7 +320,7 @@ class PodWorker:
                     self.stop_process(signal.SIGTERM)
                     break
             time.sleep(0.2)
-        self.ready = False
+        self.ready = self.started = False
         return False
 
     def back_off(self) -> bool:
@@ -385,6 +389,7 @@ class Kubelet:
     network: FleetNetwork
     state: Path
     pools: tuple[nodes.GpuPool, ...]
+    image: dict[str, Path]
     workers: dict[str, PodWorker] = field(default_factory=dict)
     next_ip: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -445,7 +450,7 @@ class Kubelet:
                 continue
             folder = self.state / "pods" / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}_{uid[:8]}"
             folder.mkdir(parents=True, exist_ok=True)
-            worker = PodWorker(self.api, pod, self.allocate_ip(pod), self.network, folder)
+            worker = PodWorker(self.api, pod, self.allocate_ip(pod), self.network, folder, self.image)
             self.workers[uid] = worker
             worker.start()
         for uid in [uid for uid, worker in self.workers.items() if not worker.thread.is_alive()]:

@@ -11,9 +11,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set
+from tests.testbed.api import ApiClient
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+# Where the runtime image keeps its models (a model store of type Image): the fleet's
+# kubelet mounts the store there, as if the image held it.
+IMAGE_MODEL_PATH = "/models"
 
 CONTROLNET_KINDS = ("canny", "depth", "pose")
+
+
+def example_workflows() -> list[dict[str, Any]]:
+    return [doc for path in sorted(EXAMPLES.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def controlnet_kind(reference: str) -> str:
@@ -43,3 +55,19 @@ def populate(store: Path, model_set: Path, workflows: Iterable[dict[str, Any]]) 
                 name = source.stem
                 _link(store / source.relative_to(mount), lora_for_model_set(model_set, name))
     return store
+
+
+def bind_claim(api: ApiClient, namespace: str, store: Path, claim: str = "sdxl-models") -> str:
+    """A PersistentVolume on `store`, pre-bound to `claim` in `namespace`, as an admin
+    provides a model store; returns the volume's name (delete it when done)."""
+    volume = f"{namespace}-{claim}"
+    api.request("POST", "/api/v1/persistentvolumes", {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+        "spec": {"capacity": {"storage": "1Ti"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(store)},
+                 "claimRef": {"namespace": namespace, "name": claim}}})
+    api.request("POST", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": volume,
+                 "resources": {"requests": {"storage": "1Ti"}}}})
+    return volume

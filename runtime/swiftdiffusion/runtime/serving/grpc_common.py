@@ -1,6 +1,7 @@
 """What both services and their clients share: message limits, status mapping, health."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,15 +25,34 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-# Servers end each connection after a minute (streams in flight may finish for up to the
+# Servers end each connection after 15 s (streams in flight may finish for up to the
 # request timeout), so clients re-resolve the pool's addresses and find pods added since.
 SERVER_OPTIONS = [
     *CHANNEL_OPTIONS,
-    ("grpc.max_connection_age_ms", 60_000),
+    ("grpc.max_connection_age_ms", 15_000),
     ("grpc.max_connection_age_grace_ms", 600_000),
 ]
+
+
+def retry_unstarted(service: str) -> list[tuple[str, object]]:
+    """Channel options that retry a call of `service` refused with UNAVAILABLE: a pod
+    draining or a connection closed by its age refuses calls it never started. gRPC
+    retries a call only until its first response, so nothing runs twice."""
+    config = {"methodConfig": [{"name": [{"service": service}], "retryPolicy": {
+        "maxAttempts": 4, "initialBackoff": "0.2s", "maxBackoff": "2s", "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"]}}]}
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
+
+
 # A pool behind a headless Service resolves to every ready pod: one session per pod in turn.
-BALANCED_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.lb_policy_name", "round_robin")]
+# gRPC spaces re-resolutions 30 s apart by default; 5 s lets a new pod take sessions
+# within about 20 s of turning Ready (the connection age above, then one resolution).
+BALANCED_CHANNEL_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+    *retry_unstarted("swiftdiffusion.v1.ControlNetService"),
+]
 _RESOLVERS = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
 
 

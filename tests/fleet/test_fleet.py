@@ -1,0 +1,223 @@
+"""The operator's pools run for real on the fleet: every example serves through its Service
+name, ControlNet sessions spread over the pool and follow it as it scales, rolling
+updates and scale-downs lose no request, and broken pods end in a state that says why.
+
+Clients resolve names through the fleet's CoreDNS (`dns://<cluster DNS>/…`), reach a base
+pool's ClusterIP through the fleet's service proxy, and base pods reach their ControlNet
+pool through its headless Service, as in a cluster.
+"""
+from __future__ import annotations
+
+import io
+import statistics
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import yaml
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from swiftdiffusion.operator import kube, render
+from swiftdiffusion.operator.local_process import LocalOperator
+from swiftdiffusion.runtime import metric_names
+from swiftdiffusion.runtime.client import generate, generate_request
+from swiftdiffusion.runtime.config import GRPC_PORT, METRICS_PORT, RuntimeConfig
+from tests.reconcile.fixtures import Cluster
+from tests.testbed.cluster import TestBed
+from tests.testbed.fleet import model_store
+from tests.testbed.waiting import eventually
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def control_image() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def service_target(fleet: TestBed, namespace: str, service: str) -> str:
+    return f"dns://{fleet.network().dns_ip}:53/{service}.{namespace}.svc.cluster.local:{GRPC_PORT}"
+
+
+def small_request(workflow: dict[str, Any], seed: int = 0):
+    spec = workflow["spec"]
+    controlnets = [(spec["controlnets"][0]["name"], control_image(), None)] if spec.get("controlnets") else []
+    loras = [(spec["loras"][0]["name"], None)] if spec.get("loras") else []
+    return generate_request("a red cube", seed=seed, steps=3, width=64, height=64, guidance_scale=5.0,
+                            controlnets=controlnets, loras=loras)
+
+
+def served_sessions(pod: dict[str, Any]) -> float:
+    """Residual sessions a ControlNet pod finished (its own /metrics, on its own address)."""
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == metric_names.REQUESTS_TOTAL and sample.labels.get("code") == "OK")
+
+
+def ready_pods(cluster: Cluster, pool: str) -> list[dict[str, Any]]:
+    return [p for p in cluster.pods(pool) if not p["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+
+
+def patch_workflow(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
+    path = f"/apis/swiftdiffusion.io/v1alpha1/namespaces/{cluster.namespace}/t2iworkflows/{name}"
+    kube.request(cluster.api, "PATCH", path, body={"spec": spec}, content_type="application/merge-patch+json")
+
+
+@dataclass
+class Load:
+    """`clients` threads, each with its own channel, sending until stopped."""
+
+    target: str
+    workflow: dict[str, Any]
+    clients: int = 6
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def _client(self, index: int) -> None:
+        seed = index * 1000
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                reply = generate(self.target, small_request(self.workflow, seed), timeout=120)
+                assert reply.png.startswith(PNG)
+                self.latencies.append(time.monotonic() - started)
+            except (grpc.RpcError, AssertionError) as error:
+                detail = error.details() if isinstance(error, grpc.RpcError) else str(error)
+                self.failures.append(f"{type(error).__name__}: {detail}")
+            seed += 1
+
+    def __enter__(self) -> Load:
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(self.clients)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=180)
+
+    def wait_for(self, count: int, timeout: float = 300) -> None:
+        eventually(lambda: len(self.latencies) + len(self.failures) >= count, timeout=timeout, interval=0.5)
+
+
+def test_every_example_serves_through_its_service_name(fleet: TestBed, fleet_cluster: Cluster,
+                                                       fleet_operator: LocalOperator) -> None:
+    workflows = model_store.example_workflows()
+    for workflow in workflows:
+        fleet_cluster.apply_workflow(workflow)
+    for workflow in workflows:
+        fleet_cluster.wait_ready(workflow["metadata"]["name"], timeout=240)
+    for config_map in fleet_cluster.list("v1", "configmaps", ",".join(f"{k}={v}" for k, v in render.MANAGED_BY.items())):
+        RuntimeConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    for workflow in workflows:
+        name = workflow["metadata"]["name"]
+        target = service_target(fleet, fleet_cluster.namespace, render.base_pool_name(name))
+        reply = generate(target, small_request(workflow), timeout=120)
+        assert reply.png.startswith(PNG), name
+        assert (reply.width, reply.height) == (64, 64)
+        assert reply.timings.get("residual_wait", 0) > 0 or not workflow["spec"].get("controlnets"), name
+
+
+def test_controlnet_sessions_spread_follow_scaling_and_survive_rollouts(fleet: TestBed, fleet_cluster: Cluster,
+                                                                        fleet_operator: LocalOperator) -> None:
+    workflow = next(w for w in model_store.example_workflows() if w["metadata"]["name"] == "sdxl-canny-depth")
+    workflow["spec"]["basePool"]["replicas"] = 2
+    workflow["spec"]["controlnetPool"]["replicas"] = 3
+    name = workflow["metadata"]["name"]
+    base_pool, cn_pool = render.base_pool_name(name), render.dedicated_controlnet_pool_name(name)
+    fleet_cluster.apply_workflow(workflow)
+    fleet_cluster.wait_ready(name, timeout=240)
+    target = service_target(fleet, fleet_cluster.namespace, base_pool)
+    base_uids = {p["metadata"]["uid"] for p in fleet_cluster.pods(base_pool)}
+
+    # Balance: 60 requests from 6 clients over 2 base and 3 ControlNet replicas.
+    with Load(target, workflow) as load:
+        load.wait_for(60)
+    assert load.failures == []
+    counts = {p["metadata"]["name"]: served_sessions(p) for p in ready_pods(fleet_cluster, cn_pool)}
+    mean = statistics.mean(counts.values())
+    print(f"sessions per ControlNet replica: {counts}; latency p50 {statistics.median(load.latencies):.2f} s, "
+          f"p99 {sorted(load.latencies)[int(0.99 * (len(load.latencies) - 1))]:.2f} s")
+    assert len(counts) == 3 and all(abs(n - mean) <= 0.25 * mean for n in counts.values()), counts
+
+    # Scale-out: a fourth ControlNet replica takes sessions within 30 s of Ready, no base restart.
+    patch_workflow(fleet_cluster, name, {"controlnetPool": {"replicas": 4}})
+    eventually(lambda: len(ready_pods(fleet_cluster, cn_pool)) == 4, timeout=120)
+    newcomer = next(p for p in ready_pods(fleet_cluster, cn_pool) if p["metadata"]["name"] not in counts)
+    ready_at = time.monotonic()
+    with Load(target, workflow) as load:
+        eventually(lambda: served_sessions(newcomer) > 0, timeout=30, interval=0.5)
+    print(f"new ControlNet replica served its first session {time.monotonic() - ready_at:.1f} s after Ready")
+    assert load.failures == []
+    assert {p["metadata"]["uid"] for p in fleet_cluster.pods(base_pool)} == base_uids
+
+    # Drain: a rolling update of the base pool and a scale-down of the ControlNet pool, under load.
+    with Load(target, workflow) as load:
+        load.wait_for(6)
+        patch_workflow(fleet_cluster, name, {"base": {"defaults": {"steps": 20}}, "controlnetPool": {"replicas": 2}})
+        eventually(lambda: not base_uids & {p["metadata"]["uid"] for p in ready_pods(fleet_cluster, base_pool)}
+                   and len(fleet_cluster.pods(base_pool)) == 2 and len(fleet_cluster.pods(cn_pool)) == 2,
+                   timeout=240, interval=1)
+        served = len(load.latencies)
+        load.wait_for(served + 6)
+    print(f"drain: {len(load.latencies)} requests served across the rollout, {len(load.failures)} failed")
+    assert load.failures == []
+
+
+def test_broken_pods_say_why_and_the_rest_keep_serving(fleet: TestBed, fleet_cluster: Cluster,
+                                                       fleet_operator: LocalOperator) -> None:
+    healthy = next(w for w in model_store.example_workflows() if w["metadata"]["name"] == "sdxl-canny-depth")
+    healthy["spec"]["basePool"]["replicas"] = 1
+    missing = {**healthy, "metadata": {"name": "missing-model"},
+               "spec": {**healthy["spec"], "base": {**healthy["spec"]["base"], "model": "nobody/no-such-model"}}}
+    fleet_cluster.apply_workflow(healthy)
+    fleet_cluster.apply_workflow(missing)
+    fleet_cluster.wait_ready("sdxl-canny-depth", timeout=240)
+
+    # A model the store lacks: the runtime exits, the pod crash-loops, the workflow says so.
+    degraded = eventually(lambda: (c := fleet_cluster.condition("missing-model", "Degraded")).get("status") == "True"
+                          and c["reason"] == "CrashLooping" and c, timeout=120)
+    assert "exit code 1" in degraded["message"]
+    pod = fleet_cluster.pods(render.base_pool_name("missing-model"))[0]
+    last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    assert "nobody/no-such-model" in last["message"]
+
+    # A config with a misspelled key: the runtime refuses it naming the key (exit 2).
+    deployment = fleet_cluster.get("apps/v1", "Deployment", render.base_pool_name("sdxl-canny-depth"))
+    config_map = fleet_cluster.get("v1", "ConfigMap", render.base_pool_name("sdxl-canny-depth"))
+    bad = config_map["data"]["config.yaml"].replace("grpcWorkers:", "grpcWorkerz:")
+    kube.request(fleet_cluster.api, "POST", f"/api/v1/namespaces/{fleet_cluster.namespace}/configmaps",
+                 body={"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "misspelled"},
+                       "data": {"config.yaml": bad}})
+    template = deployment["spec"]["template"]
+    volumes = [{"name": v["name"], "configMap": {"name": "misspelled"}} if "configMap" in v else v
+               for v in template["spec"]["volumes"]]
+    kube.request(fleet_cluster.api, "POST", f"/api/v1/namespaces/{fleet_cluster.namespace}/pods", body={
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "misspelled", "labels": {"test": "misspelled"}},
+        "spec": {**template["spec"], "volumes": volumes}})
+
+    def refused() -> dict[str, Any] | None:
+        path = f"/api/v1/namespaces/{fleet_cluster.namespace}/pods/misspelled"
+        status = kube.request(fleet_cluster.api, "GET", path).get("status", {})
+        terminated = (status.get("containerStatuses") or [{}])[0].get("lastState", {}).get("terminated")
+        return terminated if terminated and terminated["exitCode"] == 2 else None
+
+    terminated = eventually(refused, timeout=90)
+    assert "grpcWorkerz" in terminated["message"]
+    events = fleet_cluster.list("v1", "events")
+    assert any(e["involvedObject"]["name"] == "misspelled" and e["reason"] == "BackOff" for e in events)
+
+    # Meanwhile the healthy workflow keeps serving.
+    target = service_target(fleet, fleet_cluster.namespace, render.base_pool_name("sdxl-canny-depth"))
+    assert generate(target, small_request(healthy), timeout=120).png.startswith(PNG)
+    assert fleet_cluster.condition("sdxl-canny-depth")["status"] == "True"
