@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv protos crds demo test testbed prometheus cluster-up cluster-down clean
+.PHONY: venv protos crds demo test testbed prometheus cluster-up cluster-down fleet-up fleet-down clean
 
 venv: $(STAMP) protos
 
@@ -37,6 +37,15 @@ cluster-up: testbed
 
 cluster-down:
 	scripts/testbed down
+
+# The fleet: a test bed whose GPU nodes run the pods as runtime processes, with CoreDNS,
+# the operator and a model store; prints the kubeconfig (needs root: see docs/testbed.md).
+FLEET_DIR ?= /tmp/swiftdiffusion-fleet
+fleet-up: venv testbed
+	SWIFTDIFFUSION_TESTBED_DIR=$(FLEET_DIR) $(PY) -m tests.testbed.cli up --fleet
+
+fleet-down:
+	SWIFTDIFFUSION_TESTBED_DIR=$(FLEET_DIR) $(PY) -m tests.testbed.cli down
 
 demo: venv
 	$(PY) -m swiftdiffusion.runtime.dev.demo

@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         if command == "build":
             print(build.ensure_built())
         elif command == "up":
-            print(bed.up())
+            kubeconfig = bed.up()
+            if args.fleet:
+                from tests.testbed.fleet.provision import provision  # needs the project's venv
+
+                print(f"testbed: operator up ({provision(bed)}); dns {bed.network().dns_ip}", file=sys.stderr)
+            print(kubeconfig)
         elif command == "down":
             bed.down()
         else:

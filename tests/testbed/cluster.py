@@ -142,7 +142,7 @@ class TestBed:
     def down(self) -> None:
         """Stops every process this state directory recorded, newest first."""
         if self.state.is_dir():
-            processes.stop_all(self.state, ["kubelet", "kwok", "coredns", *reversed(CONTROL_PLANE)])
+            processes.stop_all(self.state, ["operator", "kubelet", "kwok", "coredns", *reversed(CONTROL_PLANE)])
 
     def _reset_state(self) -> None:
         if self.state.is_dir() and not (self.state / MARKER).exists() and any(self.state.iterdir()):
@@ -179,7 +179,7 @@ class TestBed:
 
     def _start_control_plane(self, at: components.Layout, tied: bool) -> None:
         self._start("etcd", components.etcd(at), tied)
-        self._wait("etcd", "etcd health", lambda: _http_ok(f"{at.etcd_url}/health"), 60)
+        self._wait("etcd", "etcd health", lambda: http_ok(f"{at.etcd_url}/health"), 60)
         self._start("kube-apiserver", components.kube_apiserver(at), tied)
         self._wait("kube-apiserver", "kube-apiserver /readyz", self.api().ready, 180)
         self._start("kube-controller-manager", components.kube_controller_manager(at), tied)
@@ -217,7 +217,7 @@ class TestBed:
             self._check_alive(name)
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200

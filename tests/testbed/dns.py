@@ -7,8 +7,6 @@ gives it. `start_coredns` records the process like the other daemons: `down` sto
 """
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,7 +81,7 @@ def start_coredns(bed: TestBed, listen_ip: str, port: int, *, tied_to_parent: bo
                   name: str = "coredns", timeout: float = 60) -> CoreDNS:
     """Starts CoreDNS on `listen_ip:port` for `bed` and returns once it reports ready
     (its informers have synced), failing with the log's tail if it does not."""
-    from tests.testbed.cluster import TestBedError, wait_for  # cluster.py imports this module
+    from tests.testbed.cluster import TestBedError, http_ok, wait_for  # cluster.py imports this module
 
     if not (bed.pki / f"{IDENTITY}.crt").is_file():
         raise TestBedError(f"{bed.state} predates CoreDNS's client cert: restart the test bed")
@@ -101,7 +99,7 @@ def start_coredns(bed: TestBed, listen_ip: str, port: int, *, tied_to_parent: bo
     def ready_or_dead() -> bool:
         if not processes.running(bed.state).get(name):
             raise TestBedError(f"{name} exited during start-up\n{bed.log_tail(name)}")
-        return _http_ok(handle.ready_url)
+        return http_ok(handle.ready_url)
 
     try:
         wait_for(f"{name} to be ready", ready_or_dead, timeout)
@@ -111,11 +109,3 @@ def start_coredns(bed: TestBed, listen_ip: str, port: int, *, tied_to_parent: bo
             raise TestBedError(f"{error}\n{bed.log_tail(name)}") from None
         raise
     return handle
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
