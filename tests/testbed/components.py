@@ -9,6 +9,7 @@ from tests.testbed.pki import SERVICE_IP
 
 SERVICE_RANGE = f"{SERVICE_IP.rsplit('.', 1)[0]}.0/24"
 POD_RANGE = "10.244.0.1/16"
+AUDIT_POLICY = Path(__file__).with_name("audit-policy.yaml")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Layout:
         return self.state / "kubeconfigs" / f"{identity}.kubeconfig"
 
 
+def audit_log(state: Path) -> Path:
+    """The apiserver's audit log (AUDIT_POLICY: requests of ServiceAccounts outside kube-system)."""
+    return state / "logs" / "audit.log"
+
+
 def etcd(at: Layout) -> list[str]:
     peer = f"http://127.0.0.1:{at.ports['etcd-peer']}"
     return [
@@ -59,7 +65,10 @@ def kube_apiserver(at: Layout) -> list[str]:
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}",
         "--authorization-mode=Node,RBAC",
-        "--enable-admission-plugins=NodeRestriction",  # on top of the default plugins
+        # On top of the default plugins; OwnerReferencesPermissionEnforcement (as hardened clusters
+        # run it) makes blockOwnerDeletion need `update` on the owner's finalizers.
+        "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
+        f"--audit-policy-file={AUDIT_POLICY}", f"--audit-log-path={audit_log(at.state)}",
         "--allow-privileged=true",
         f"--service-cluster-ip-range={at.service_range}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",

@@ -2,14 +2,16 @@
 Helm chart are both generated from RULES, and the cluster tests run the operator under it.
 
 Why each verb: children are applied with server-side apply (`patch`; `create` because an
-apply that creates goes through create admission) and read back (`get`) to skip applies
+apply that creates is authorized as a create too) and read back (`get`) to skip applies
 that would change nothing; kopf watches (`list`, `watch`) the workflows and the children;
 `delete` removes a pool its owners no longer want (a workflow that drops its ControlNets,
 the last member leaving a shared pool; owner references cover deleted workflows); status is
-written through its subresource; owner references with blockOwnerDeletion need `update` on
-the workflows' finalizers; events explain what the operator did; a pool that is not ready
-has its pods read (`get`, `list`) so status can say why (unschedulable, image pull, crash
-loop, probes). Workflows and pods are read-only to the operator, and it cannot touch Secrets.
+patched through its subresource; owner references with blockOwnerDeletion need `update` on
+the workflows' finalizers (OwnerReferencesPermissionEnforcement admission); core/v1 events
+explain what the operator did; a pool that is not ready has its pods listed so status can
+say why (unschedulable, image pull, crash loop, probes). Workflows and pods are read-only to
+the operator, and it cannot touch Secrets. tests/chart/test_rbac_cluster.py proves each
+grant is used (the test bed's audit log) and a needed verb removed is reported.
 """
 from __future__ import annotations
 
@@ -22,14 +24,14 @@ CHILD_VERBS = ["get", "list", "watch", "create", "patch", "delete"]
 
 RULES: list[dict[str, Any]] = [
     {"apiGroups": [m.GROUP], "resources": [m.PLURAL], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [m.GROUP], "resources": [f"{m.PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [m.GROUP], "resources": [f"{m.PLURAL}/status"], "verbs": ["patch"]},
     {"apiGroups": [m.GROUP], "resources": [f"{m.PLURAL}/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": CHILD_VERBS},
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": CHILD_VERBS},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_VERBS},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": CHILD_VERBS},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
-    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 
 
