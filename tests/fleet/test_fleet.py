@@ -214,8 +214,8 @@ def test_broken_pods_say_why_and_the_rest_keep_serving(fleet: TestBed, fleet_clu
 
     terminated = eventually(refused, timeout=90)
     assert "grpcWorkerz" in terminated["message"]
-    events = fleet_cluster.list("v1", "events")
-    assert any(e["involvedObject"]["name"] == "misspelled" and e["reason"] == "BackOff" for e in events)
+    eventually(lambda: any(e["involvedObject"]["name"] == "misspelled" and e["reason"] == "BackOff"
+                           for e in fleet_cluster.list("v1", "events")), timeout=30)
 
     # Meanwhile the healthy workflow keeps serving.
     target = service_target(fleet, fleet_cluster.namespace, render.base_pool_name("sdxl-canny-depth"))
