@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any
 
 
+def collection(body: dict[str, Any]) -> str:
+    """The REST path of `body`'s collection, for kinds whose plural is `<kind>s` in lower
+    case (every kind the test bed installs: CRDs, RBAC, Services, EndpointSlices, APIServices)."""
+    group_version = body["apiVersion"]
+    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    namespace = body["metadata"].get("namespace")
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{root}{scope}/{body['kind'].lower()}s"
+
+
 @dataclass(frozen=True)
 class ApiClient:
     server: str

@@ -34,6 +34,16 @@ KWOK_STAGE_FILES = (
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
 KWOK_STAGES = "kwok-stages.yaml"
+KEDA = "github.com/kedacore/keda/v2"
+# KEDA's CRDs, and the RBAC of its operator and metrics adapter, as its manifests install them.
+KEDA_CRD_FILES = tuple(f"config/crd/bases/{name}.yaml" for name in (
+    "keda.sh_scaledobjects", "keda.sh_scaledjobs", "keda.sh_triggerauthentications",
+    "keda.sh_clustertriggerauthentications", "eventing.keda.sh_cloudeventsources",
+    "eventing.keda.sh_clustercloudeventsources"))
+KEDA_RBAC_FILES = ("config/rbac/role.yaml", "config/rbac/role_binding.yaml",
+                   "config/metrics-server/role.yaml", "config/metrics-server/role_binding.yaml")
+KEDA_CRDS = "keda-crds.yaml"
+KEDA_RBAC = "keda-rbac.yaml"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class GoModule:
     binaries: dict[str, str]  # binary name -> Go package
     # Output file -> files of the pinned module's source, joined as a multi-document YAML.
     joined_sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()  # Go build tags
 
     @property
     def path(self) -> Path:
@@ -67,6 +78,8 @@ class GoModule:
         for path in sorted(p for p in self.path.iterdir() if p.is_file()):
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         inputs = (go_version, BUILD_FLAGS, sorted(BUILD_ENV.items()), self.binaries, self.joined_sources)
+        if self.tags:  # only then, so adding the field kept every other module's key
+            inputs += (self.tags,)
         digest.update(repr(inputs).encode())
         return f"{self.folder}-{self.version()}-{digest.hexdigest()[:10]}"
 
@@ -85,6 +98,11 @@ MODULES = (
     GoModule("helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"}),
     GoModule("coredns", "github.com/coredns/coredns", {"coredns": "."}),
     GoModule("kstatus", "sigs.k8s.io/cli-utils", {"kstatus": "."}),
+    GoModule("keda", KEDA, {"keda-operator": f"{KEDA}/cmd/operator", "keda-adapter": f"{KEDA}/cmd/adapter"},
+             {KEDA_CRDS: KEDA_CRD_FILES, KEDA_RBAC: KEDA_RBAC_FILES}),
+    GoModule("prometheus", "github.com/prometheus/prometheus",
+             {"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+             tags=("remove_all_sd", "enable_kubernetes_sd")),  # the only discovery the fleet uses
 )
 
 
@@ -109,7 +127,12 @@ def build_module(go: str, module: GoModule, out: Path) -> None:
     packages = list(module.binaries.values())
     # One `go build` per module so the three Kubernetes binaries share compilation.
     target = f"{out}/" if len(packages) > 1 else str(out / next(iter(module.binaries)))
-    subprocess.run([go, "build", *BUILD_FLAGS, "-o", target, *packages], cwd=module.path, env=env, check=True)
+    tags = [f"-tags={','.join(module.tags)}"] if module.tags else []
+    subprocess.run([go, "build", *BUILD_FLAGS, *tags, "-o", target, *packages], cwd=module.path, env=env, check=True)
+    if len(packages) > 1:  # `-o dir/` names each binary after its package's folder
+        for name, package in module.binaries.items():
+            if (built := out / package.rsplit("/", 1)[-1]).name != name:
+                built.rename(out / name)
     if module.joined_sources:
         source = subprocess.run(
             [go, "list", "-m", "-f", "{{.Dir}}", module.pinned],

@@ -32,10 +32,12 @@ MARKER = "testbed.json"
 # Started in this order, stopped in reverse: each needs the ones before it.
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 COMPONENTS = (*CONTROL_PLANE, "kwok")
-# A fleet's nodes run real pods: its kubelet stand-in replaces kwok, and pods need DNS.
-FLEET_COMPONENTS = (*CONTROL_PLANE, "coredns", "kubelet")
+# A fleet's nodes run real pods: its kubelet stand-in replaces kwok, and pods need DNS; its
+# pools autoscale on Prometheus through KEDA.
+FLEET_COMPONENTS = (*CONTROL_PLANE, "coredns", "kubelet", "prometheus", "keda-operator", "keda-adapter")
 PORTS = ("etcd-client", "etcd-peer", "apiserver", "controller-manager", "scheduler")
-OWNED = (MARKER, "kubeconfig", "pki", "etcd-data", "kubeconfigs", "logs", "pids", "kwok-home", "certs", "fleet", "coredns")
+OWNED = (MARKER, "kubeconfig", "pki", "etcd-data", "kubeconfigs", "logs", "pids", "kwok-home", "certs", "fleet", "coredns",
+         "prometheus", "keda")
 
 
 class TestBedError(RuntimeError):
@@ -94,6 +96,10 @@ class TestBed:
     def network(self) -> FleetNetwork:
         return FleetNetwork(self.marker()["fleet"]["network"])
 
+    def prometheus_url(self) -> str:
+        """A fleet's Prometheus (tests/testbed/fleet/prometheus.py), for pods and this machine."""
+        return f"http://{self.network().prometheus_address}"
+
     def api(self) -> ApiClient:
         server = f"https://127.0.0.1:{self.ports()['apiserver']}"
         return ApiClient(server, self.pki / "ca.crt", self.pki / "admin.crt", self.pki / "admin.key")
@@ -142,7 +148,8 @@ class TestBed:
     def down(self) -> None:
         """Stops every process this state directory recorded, newest first."""
         if self.state.is_dir():
-            processes.stop_all(self.state, ["operator", "kubelet", "kwok", "coredns", *reversed(CONTROL_PLANE)])
+            processes.stop_all(self.state, ["operator", "keda-adapter", "keda-operator", "prometheus", "kubelet",
+                                            "kwok", "coredns", *reversed(CONTROL_PLANE)])
 
     def _reset_state(self) -> None:
         if self.state.is_dir() and not (self.state / MARKER).exists() and any(self.state.iterdir()):
@@ -193,10 +200,20 @@ class TestBed:
 
     def _start_fleet(self, tied: bool) -> None:
         """CoreDNS on the cluster DNS address, then the kubelet stand-in (in this
-        interpreter: its pods run this checkout's runtime)."""
+        interpreter: its pods run this checkout's runtime), Prometheus scraping the runtime
+        pods, and KEDA serving the external metrics API to the HPA controller."""
+        from tests.testbed.fleet import keda, prometheus  # they need the venv (PyYAML); the rest does not
+
         start_coredns(self, self.network().dns_ip, 53, tied_to_parent=tied)
         self._start("kubelet", [sys.executable, "-m", "tests.testbed.fleet", str(self.state)], tied,
                     env={**os.environ, "PYTHONPATH": str(REPO)})
+        self._start("prometheus", prometheus.install(self), tied)
+        keda.install(self)
+        self._start("keda-operator", keda.operator_argv(self), tied, env=keda.environment(self))
+        self._start("keda-adapter", keda.adapter_argv(self), tied, env=keda.environment(self))
+        self._wait("prometheus", "Prometheus to be ready", lambda: http_ok(f"{self.prometheus_url()}/-/ready"), 60)
+        self._wait("keda-adapter", f"APIService {keda.API_SERVICE} to be Available", lambda: keda.available(self.api()),
+                   120)
 
     def _register_nodes(self) -> None:
         api = self.api()

@@ -6,8 +6,10 @@ request-header authentication, as in a kubeadm cluster. EC P-256 keys keep it fa
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,10 @@ CLIENTS = (
     ClientIdentity("kwok", "kwok-controller", ("system:masters",)),
     ClientIdentity("coredns", "system:coredns"),  # read-only, bound by tests/testbed/dns.py
     ClientIdentity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
+    # The fleet's KEDA, as the ServiceAccount its own RBAC manifests bind (tests/testbed/fleet/keda.py).
+    ClientIdentity("keda-operator", "system:serviceaccount:keda:keda-operator",
+                   ("system:serviceaccounts", "system:serviceaccounts:keda")),
+    ClientIdentity("prometheus", "system:prometheus"),  # pod discovery, bound by tests/testbed/fleet/prometheus.py
 )
 
 
@@ -78,28 +84,47 @@ def _make_leaf(pki: Path, ca: str, name: str, subject: str, extensions: str, con
     extfile.unlink()
 
 
-def make_pki(pki: Path, service_ip: str = SERVICE_IP) -> None:
-    """Writes every cert and key the control plane needs into `pki`; `service_ip` is the
-    apiserver's address in the service range (a SAN of its serving cert)."""
+@contextlib.contextmanager
+def _openssl_config(pki: Path) -> Iterator[Path]:
     pki.mkdir(parents=True, exist_ok=True)
     config = pki / "openssl.cnf"
     config.write_text(_MINIMAL_CONFIG)
-    _make_ca(pki, "ca", config)
-    _make_ca(pki, "front-proxy-ca", config)
-    names = ",".join([f"DNS:{name}" for name in APISERVER_NAMES] + ["IP:127.0.0.1", f"IP:{service_ip}"])
-    _make_leaf(
-        pki, "ca", "apiserver", _subject("kube-apiserver"),
-        f"extendedKeyUsage = serverAuth\nsubjectAltName = {names}\n", config,
-    )
-    for client in CLIENTS:
+    try:
+        yield config
+    finally:
+        config.unlink()
+
+
+def make_mutual_tls(pki: Path, name: str, dns_names: Sequence[str]) -> None:
+    """A CA `<name>-ca` and the one cert `<name>` it signs for both ends of a mutual-TLS
+    link (server and client auth, SANs `dns_names`), as KEDA's own cert rotation makes
+    for its operator, metrics adapter and webhooks."""
+    with _openssl_config(pki) as config:
+        _make_ca(pki, f"{name}-ca", config)
+        names = ",".join(f"DNS:{dns}" for dns in dns_names)
+        _make_leaf(pki, f"{name}-ca", name, _subject(name),
+                   f"extendedKeyUsage = serverAuth,clientAuth\nsubjectAltName = {names}\n", config)
+
+
+def make_pki(pki: Path, service_ip: str = SERVICE_IP) -> None:
+    """Writes every cert and key the control plane needs into `pki`; `service_ip` is the
+    apiserver's address in the service range (a SAN of its serving cert)."""
+    with _openssl_config(pki) as config:
+        _make_ca(pki, "ca", config)
+        _make_ca(pki, "front-proxy-ca", config)
+        names = ",".join([f"DNS:{name}" for name in APISERVER_NAMES] + ["IP:127.0.0.1", f"IP:{service_ip}"])
         _make_leaf(
-            pki, "ca", client.name, _subject(client.user, client.groups),
+            pki, "ca", "apiserver", _subject("kube-apiserver"),
+            f"extendedKeyUsage = serverAuth\nsubjectAltName = {names}\n", config,
+        )
+        for client in CLIENTS:
+            _make_leaf(
+                pki, "ca", client.name, _subject(client.user, client.groups),
+                "extendedKeyUsage = clientAuth\n", config,
+            )
+        _make_leaf(
+            pki, "front-proxy-ca", "front-proxy-client", _subject("front-proxy-client"),
             "extendedKeyUsage = clientAuth\n", config,
         )
-    _make_leaf(
-        pki, "front-proxy-ca", "front-proxy-client", _subject("front-proxy-client"),
-        "extendedKeyUsage = clientAuth\n", config,
-    )
-    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", pki / "sa.key")
-    _openssl("pkey", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub")
-    config.unlink()
+        _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", pki / "sa.key")
+        _openssl("pkey", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub")

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 POD_PREFIX = "10.250.0.0/16"
 SERVICE_PREFIX = "10.251.0.0/16"
 CLUSTER_DOMAIN = "cluster.local"
+# The top addresses of the pod range, never given to a pod: the fleet's add-ons run as host
+# processes but need a pod-network address (an aggregated API's endpoint may not be loopback).
+ADDONS = ("prometheus", "keda-adapter", "keda-operator")
+PROMETHEUS_PORT = 9090
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,17 @@ class FleetNetwork:
         return f"10.251.{self.index}.10"
 
     def pod_ip(self, ordinal: int) -> str:
-        hosts = list(ipaddress.ip_network(self.pod_cidr).hosts())
+        hosts = list(ipaddress.ip_network(self.pod_cidr).hosts())[:-len(ADDONS)]
         return str(hosts[ordinal % len(hosts)])
+
+    def addon_ip(self, addon: str) -> str:
+        """The address of one of `ADDONS`: .254 down."""
+        return str(list(ipaddress.ip_network(self.pod_cidr).hosts())[-1 - ADDONS.index(addon)])
+
+    @property
+    def prometheus_address(self) -> str:
+        """Where the fleet's Prometheus listens (prometheus.py): pods and this machine reach it."""
+        return f"{self.addon_ip('prometheus')}:{PROMETHEUS_PORT}"
 
 
 def resolv_conf(network: FleetNetwork, namespace: str) -> str:
