@@ -74,12 +74,14 @@ def test_the_dashboard_config_map_holds_the_generated_dashboard_for_the_grafana_
 def test_overrides_watch_listed_namespaces_and_move_ports_and_scheduling(helm: Helm) -> None:
     objects = helm.template("operator.watchNamespaces={team-a,team-b}", "operator.metricsPort=9191",
                             "operator.verbose=true", "image.tag=dev", "nodeSelector.pool=system",
+                            "autoscaling.prometheusURL=http://prom.ops:9090", "autoscaling.pollingIntervalSeconds=5",
                             "resources.limits.cpu=1", "dashboard.enabled=false", *GPU_TOLERATION)
     c = container(objects)
     assert c["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9191", "--workers=4",
                          "--namespace=team-a", "--namespace=team-b",
                          '--monitoring-namespace-selector={"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}',
-                         '--base-pool-clients=[{"podSelector":{}}]', "--verbose"]
+                         '--base-pool-clients=[{"podSelector":{}}]', "--prometheus-url=http://prom.ops:9090",
+                         "--autoscaling-polling-interval=5", "--verbose"]
     assert c["image"] == "swiftdiffusion/operator:dev"
     assert c["resources"]["limits"] == {"cpu": 1, "memory": "512Mi"}
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]

@@ -22,7 +22,7 @@ import yaml
 from kubernetes import config
 from kubernetes.client import ApiClient
 
-from swiftdiffusion.operator import generate, kube, rbac, render
+from swiftdiffusion.operator import autoscaling, generate, kube, rbac, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.local_process import LocalOperator
 from tests.chart.helm import CHART, Helm
@@ -34,6 +34,7 @@ from tests.testbed.fixtures import EXISTING_CLUSTER_ENV
 pytestmark = pytest.mark.cluster
 Grant = tuple[str, str, str]  # (API group, resource or resource/subresource, verb)
 FINALIZERS = (m.GROUP, f"{m.PLURAL}/finalizers", "update")
+AUTOSCALED = {"enabled": True, "minReplicas": 1, "maxReplicas": 2}
 
 
 def grants(rules: list[dict[str, Any]]) -> set[Grant]:
@@ -97,12 +98,13 @@ def release(helm: Helm, kube_config: str, namespace: str) -> Iterator[str]:
 
 def test_the_chart_grants_exactly_the_rules_and_the_operator_uses_every_grant(
     helm: Helm, kube_config: str, k8s_client: ApiClient, namespace: str, release: str, cluster: Cluster,
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, keda_crds: list[str],
 ) -> None:
     """Beyond what every ServiceAccount may do (a fresh one with no binding is the baseline),
     the chart's account may do exactly `rbac.RULES`: no wildcard, no Secrets; and each of those
     grants was requested by the operator while it created, updated, shared, pruned and deleted
-    pools (finalizers `update` is checked by admission on blockOwnerDeletion, never requested)."""
+    pools and turned a pool's autoscaling on and off (KEDA's API served, no KEDA running;
+    finalizers `update` is checked by admission on blockOwnerDeletion, never requested)."""
     account = install(helm, kube_config, release, namespace)
     kube.request(k8s_client, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
                  body={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody"}})
@@ -119,13 +121,15 @@ def test_the_chart_grants_exactly_the_rules_and_the_operator_uses_every_grant(
 
     operator = LocalOperator(namespace, kubeconfig, tmp_path / "operator.log").start()
     try:
-        for doc in [*example("shared-pool"), workflow("solo")]:
+        for doc in [*example("shared-pool"), workflow("solo", basePool={"autoscaling": AUTOSCALED})]:
             cluster.apply_workflow(doc)
         for name in ("product-shots", "character-poses", "solo"):
             cluster.wait_ready(name)
+        wait_until(lambda: cluster.get(*autoscaling.TYPE, "swd-solo-base"))
         owners = [ref for child in cluster.children() for ref in child["metadata"]["ownerReferences"]]
         cluster.apply_workflow(workflow("solo", controlnets=()))
         wait_until(lambda: not cluster.get("apps/v1", "Deployment", "swd-solo-cn"))  # pruned by the operator
+        wait_until(lambda: not cluster.get(*autoscaling.TYPE, "swd-solo-base"))  # autoscaling turned off
         cluster.wait_ready("solo")
         cluster.delete_workflow("character-poses")
         wait_until(lambda: cluster.get("apps/v1", "Deployment", "swd-cn-shared")["metadata"]["annotations"]

@@ -16,11 +16,6 @@ import pytest
 from tests.gitops.argocd import load_testdata
 from tests.testbed import build
 
-# kstatus reads `Stalled`=True as Failed; the operator reports a stuck workflow only as
-# Degraded, which kstatus does not know, so Ready=False makes it InProgress forever.
-NO_STALLED = pytest.mark.xfail(strict=True, reason="the operator writes no Stalled condition (issue 11)")
-
-
 def kstatus(obj: dict[str, Any]) -> dict[str, str]:
     binary = build.ensure_built() / "kstatus"
     done = subprocess.run([binary], input=json.dumps(obj), capture_output=True, text=True, check=True, timeout=30)
@@ -32,8 +27,8 @@ def kstatus(obj: dict[str, Any]) -> dict[str, str]:
     ("suspended.yaml", "Current"),  # scaled to zero on purpose: nothing left to roll out
     ("progressing-rolling-out.yaml", "InProgress"),
     ("progressing-generation-lag.yaml", "InProgress"),
-    pytest.param("degraded-progress-deadline.yaml", "Failed", marks=NO_STALLED),
-    pytest.param("degraded-refused-child.yaml", "Failed", marks=NO_STALLED),
+    ("degraded-progress-deadline.yaml", "Failed"),  # Stalled: waiting will not fix it
+    ("degraded-refused-child.yaml", "Failed"),
 ])
 def test_kstatus_reads_the_workflow_as_flux_should(testdata: str, expected: str) -> None:
     assert kstatus(load_testdata(f"testdata/{testdata}"))["status"] == expected
@@ -50,11 +45,3 @@ def test_generation_lag_reads_in_progress_whatever_the_conditions_say() -> None:
 def test_rolling_out_says_which_pools_are_not_ready() -> None:
     verdict = kstatus(load_testdata("testdata/progressing-rolling-out.yaml"))
     assert verdict["message"] == "base pool swd-wf-base 1/1 ready; controlnet pool swd-wf-cn 0/1 ready"
-
-
-def test_a_stalled_condition_is_what_would_make_a_degraded_workflow_read_failed() -> None:
-    """The change NO_STALLED waits for: a Stalled condition beside Degraded, as kstatus expects."""
-    degraded = load_testdata("testdata/degraded-refused-child.yaml")
-    reason = next(c for c in degraded["status"]["conditions"] if c["type"] == "Degraded")
-    degraded["status"]["conditions"].append({**reason, "type": "Stalled"})
-    assert kstatus(degraded) == {"status": "Failed", "message": reason["message"]}

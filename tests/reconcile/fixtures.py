@@ -20,11 +20,13 @@ from kubernetes.client import ApiClient
 from swiftdiffusion.operator import crd, kube, rbac, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.local_process import LocalOperator
+from tests.testbed import build
 from tests.testbed.waiting import eventually
 
 WORKFLOWS = f"/apis/{m.GROUP}/{m.VERSION}/namespaces/{{ns}}/{m.PLURAL}"
 TEST_ROLE = "swiftdiffusion-operator-under-test"
 USER_MANAGER = "tests"
+KEDA_CRDS = "keda-crds.yaml"  # written beside the test bed's binaries from the KEDA module
 
 
 def server_side_apply(api: ApiClient, path: str, body: dict[str, Any], manager: str = USER_MANAGER) -> dict:
@@ -54,6 +56,24 @@ def install_crd(k8s_client: ApiClient) -> str:
 def t2i_crd(k8s_client: ApiClient) -> Iterator[str]:
     yield install_crd(k8s_client)
     kube.request(k8s_client, "DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{TEST_ROLE}")
+
+
+@pytest.fixture
+def keda_crds(k8s_client: ApiClient) -> Iterator[list[str]]:
+    """KEDA's CRDs (from the pinned KEDA module the test bed builds), removed afterwards so
+    other tests see a cluster without KEDA. No KEDA controller runs: ScaledObjects stay
+    unreconciled, as in a cluster whose KEDA is down."""
+    crds = [doc for doc in yaml.safe_load_all((build.ensure_built() / KEDA_CRDS).read_text()) if doc]
+    paths = [f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{c['metadata']['name']}" for c in crds]
+    for crd_body, path in zip(crds, paths, strict=True):
+        server_side_apply(k8s_client, path, crd_body)
+    eventually(lambda: kube.api_served(k8s_client, "keda.sh/v1alpha1"), timeout=60)
+    try:
+        yield [c["metadata"]["name"] for c in crds]
+    finally:
+        for path in paths:
+            kube.request(k8s_client, "DELETE", path)
+        eventually(lambda: not kube.api_served(k8s_client, "keda.sh/v1alpha1"), timeout=60)
 
 
 def service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: str, target: pathlib.Path) -> str:

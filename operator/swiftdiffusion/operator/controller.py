@@ -17,11 +17,19 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from swiftdiffusion.operator import crd, drift, kube, netpol, render
+from swiftdiffusion.operator import autoscaling, crd, drift, kube, netpol, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.api_errors import describe, shorten
 from swiftdiffusion.operator.cache import ChildCache
-from swiftdiffusion.operator.status import PROBLEM_REASONS, PoolObservation, compute_status, pod_problem, rolled_out
+from swiftdiffusion.operator.status import (
+    PROBLEM_REASONS,
+    SCALING_ACTIVE,
+    PoolObservation,
+    ScalingObservation,
+    compute_status,
+    pod_problem,
+    rolled_out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,8 @@ PERMANENT_RETRY_SECONDS = 300.0
 # While a pool rolls out, its pods' scheduling, pulls and probes change without touching the
 # Deployment the operator watches; look again this often so status names the cause.
 RECHECK_PENDING_SECONDS = 10.0
+# A pool's objects: the watched kinds, and its ScaledObject (not watched: KEDA may be absent).
+PRUNED_KINDS = (*render.POOL_KINDS, autoscaling.TYPE)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class Controller:
     api: ApiClient
     cache: ChildCache = field(default_factory=ChildCache)
     network: netpol.Settings = netpol.DEFAULT
+    scaling: autoscaling.Settings = autoscaling.DEFAULT
 
     def reconcile(self, key: Key) -> Reconciled:
         """Reconciles one object; returns further keys to reconcile."""
@@ -83,7 +94,7 @@ class Controller:
             self.cache.put(kind, live)
         return live
 
-    def prune(self, namespace: str, pool: str, kinds: tuple[tuple[str, str], ...] = render.POOL_KINDS) -> list[str]:
+    def prune(self, namespace: str, pool: str, kinds: tuple[tuple[str, str], ...] = PRUNED_KINDS) -> list[str]:
         """Deletes a pool that is no longer wanted while its owners live on (e.g. the last
         member left a shared pool, or a workflow dropped its ControlNets); only objects
         labelled as that pool of ours are touched."""
@@ -104,7 +115,12 @@ class Controller:
         live = self._live(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         if live is not None and drift.contains(manifest, live):
             return False
-        self.cache.put(manifest["kind"], kube.apply(self.api, manifest))
+        try:
+            self.cache.put(manifest["kind"], kube.apply(self.api, manifest))
+        except ApiException as error:
+            if error.status == 404 and manifest["kind"] == autoscaling.KIND:
+                return False  # KEDA is not installed: status says so (AutoscalingReady)
+            raise
         return True
 
     def _ensure_all(self, manifests: list[render.Manifest]) -> list[str]:
@@ -121,13 +137,40 @@ class Controller:
     def _observe(self, wf: m.Workflow) -> list[PoolObservation]:
         ns = wf.namespace
         base = render.base_pool_name(wf.name)
-        pools = [PoolObservation("base", base, render.endpoint(base, ns), self._deployment(ns, base))]
+        pools = [PoolObservation("base", base, render.endpoint(base, ns), self._deployment(ns, base),
+                                 scaling=self._scaling(ns, base, wf.spec.base_pool.autoscaling.enabled))]
         if cn := render.controlnet_pool_name(wf):
             deployment = self._deployment(ns, cn)
+            wanted = wf.spec.controlnet_pool.autoscaling.enabled or (
+                bool(wf.shared_pool) and self._live(*autoscaling.TYPE, ns, cn) is not None)
             pools.append(PoolObservation("controlnet", cn, render.endpoint(cn, ns), deployment,
                                          shared=bool(wf.shared_pool), controlnets=_served_controlnets(deployment),
-                                         mismatch=_dtype_mismatch(wf, cn, deployment)))
+                                         mismatch=_dtype_mismatch(wf, cn, deployment),
+                                         scaling=self._scaling(ns, cn, wanted)))
         return [self._diagnose(pool) for pool in pools]
+
+    def _scaling(self, namespace: str, pool: str, wanted: bool) -> ScalingObservation | None:
+        """The pool's autoscaling as KEDA reports it on its ScaledObject (read from the API
+        server: ScaledObjects are not watched, their status is rechecked while not active)."""
+        if not wanted:
+            return None
+        if not kube.api_served(self.api, autoscaling.API_VERSION):
+            return ScalingObservation(0, 0, "KedaNotInstalled", f"the {autoscaling.API_VERSION} ScaledObject API is "
+                                      "not served: install KEDA; replicas stay as they are meanwhile")
+        live = kube.get(self.api, *autoscaling.TYPE, namespace, pool)
+        if live is None:
+            return ScalingObservation(0, 0, "ScaledObjectPending", "its ScaledObject is not created yet")
+        spec = live["spec"]
+        bounds = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 0)
+        conditions = {c["type"]: c for c in live.get("status", {}).get("conditions", [])}
+        fallback, ready = conditions.get("Fallback", {}), conditions.get("Ready", {})
+        if fallback.get("status") == "True":
+            return ScalingObservation(*bounds, "MetricsUnavailable", "KEDA cannot read the pool's metrics, replicas "
+                                      f"are held: {fallback.get('message') or 'fallback active'}")
+        if ready.get("status") != "True":
+            return ScalingObservation(*bounds, "ScaledObjectNotReady",
+                                      ready.get("message") or "KEDA has not reported on its ScaledObject yet")
+        return ScalingObservation(*bounds, SCALING_ACTIVE, f"{bounds[0]}-{bounds[1]} replicas")
 
     def _diagnose(self, pool: PoolObservation) -> PoolObservation:
         """A pool that is not rolled out gets what its pods say is wrong (one LIST, read-only)."""
@@ -146,14 +189,17 @@ class Controller:
             wf = m.Workflow.from_body(body)
         except pydantic.ValidationError as error:  # the CRD schema should make this unreachable
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            self._report(body, previous, [], shorten(f"spec does not match the operator's model: {problems}"))
+            self._report(body, previous, [], shorten(f"spec does not match the operator's model: {problems}"),
+                         transient=False)
             raise ReconcileError(str(error), transient=False) from error
         try:
-            applied = self._ensure_all(render.render_workflow(wf, self.network))
+            applied = self._ensure_all(render.render_workflow(wf, self.network, self.scaling))
             if not render.has_dedicated_controlnet_pool(wf):
                 applied += self.prune(namespace, render.dedicated_controlnet_pool_name(wf.name))
+            applied += self._prune_scalers(wf)
         except ApiException as error:  # reported in status (once per distinct message), then retried
-            self._report(body, previous, self._observe(wf), f"applying children failed: {describe(error)}")
+            self._report(body, previous, self._observe(wf), f"applying children failed: {describe(error)}",
+                         transient=_is_transient(error))
             raise ReconcileError(describe(error), transient=_is_transient(error)) from error
         if applied:
             log.info("%s/%s: changed %s", namespace, name, ", ".join(applied))
@@ -161,14 +207,22 @@ class Controller:
         pools = self._observe(wf)
         self._report(body, previous, pools, None)
         follow_ups: list[Key] = [(SHARED_POOL, namespace, wf.shared_pool)] if wf.shared_pool else []
-        pending = any(not rolled_out(pool) for pool in pools)
+        pending = any(not rolled_out(pool) or (pool.scaling and pool.scaling.reason != SCALING_ACTIVE)
+                      for pool in pools)
         return Reconciled(follow_ups, RECHECK_PENDING_SECONDS if pending else None)
 
+    def _prune_scalers(self, wf: m.Workflow) -> list[str]:
+        """ScaledObjects of this workflow's own pools whose autoscaling was turned off."""
+        off = [render.base_pool_name(wf.name)] if not wf.spec.base_pool.autoscaling.enabled else []
+        if render.has_dedicated_controlnet_pool(wf) and not wf.spec.controlnet_pool.autoscaling.enabled:
+            off.append(render.dedicated_controlnet_pool_name(wf.name))
+        return [gone for pool in off for gone in self.prune(wf.namespace, pool, (autoscaling.TYPE,))]
+
     def _report(self, body: dict[str, Any], previous: dict[str, Any], pools: list[PoolObservation],
-                error: str | None) -> None:
+                error: str | None, *, transient: bool = True) -> None:
         """Writes status (and a warning event for a new error) only when something changed."""
         meta = body["metadata"]
-        status = compute_status(meta.get("generation", 1), pools, previous, error)
+        status = compute_status(meta.get("generation", 1), pools, previous, error, transient=transient)
         if status == previous:
             return
         ready = next(c for c in status["conditions"] if c["type"] == "Ready")
@@ -195,7 +249,9 @@ class Controller:
             if pruned:
                 log.info("%s: shared pool %s has no members left, deleted %s", namespace, pool, ", ".join(pruned))
             return []
-        applied = self._ensure_all(render.render_shared_pool(pool, members, self.network))
+        applied = self._ensure_all(render.render_shared_pool(pool, members, self.network, self.scaling))
+        if not render.shared_controlnet_plan(pool, members).autoscaling.enabled:
+            applied += self.prune(namespace, render.shared_controlnet_pool_name(pool), (autoscaling.TYPE,))
         if applied:
             leader = render.oldest_first(members)[0]
             leader_body = next(b for b in bodies if b["metadata"]["uid"] == leader.uid)

@@ -229,7 +229,12 @@ def _pool(path: str, extra: dict[str, Schema]) -> Schema:
         "scaleDownStabilizationSeconds": _int("Seconds of lower load before scaling down.",
                                               default=a.scale_down_stabilization_seconds, minimum=0),
     }, rules=[_rule("self.minReplicas <= self.maxReplicas",
-                    f"{path}.autoscaling.minReplicas must not exceed maxReplicas", ".minReplicas")])
+                    f"{path}.autoscaling.minReplicas must not exceed maxReplicas", ".minReplicas"),
+              _rule("!self.enabled || self.minReplicas >= 1",
+                    f"{path}.autoscaling.minReplicas must be at least 1 when autoscaling is enabled: scale to zero "
+                    "is not supported (with no replica there is no queue to measure, and a request reaching an "
+                    "empty pool would fail instead of waiting); to park a pool, disable autoscaling and set "
+                    "replicas: 0", ".minReplicas")])
     properties: dict[str, Schema] = {
         "replicas": _int("Replica count when autoscaling is disabled.", default=p.replicas, minimum=0),
         "autoscaling": autoscaling,
@@ -319,6 +324,10 @@ def _pool_status() -> Schema:
         "readyReplicas": {"type": "integer"},
         "updatedReplicas": {"type": "integer"},
         "controlnets": {"type": "array", "items": {"type": "string"}, "description": "Models the pool serves."},
+        "autoscaling": {"type": "object", "description": "Present when the pool autoscales (its ScaledObject).",
+                        "properties": {"minReplicas": {"type": "integer"}, "maxReplicas": {"type": "integer"},
+                                       "state": {"type": "string",
+                                                 "description": "Active, or the AutoscalingReady reason."}}},
     }}
 
 
@@ -344,6 +353,8 @@ PRINTER_COLUMNS = [
     {"name": "ControlNet-Pool", "type": "string", "jsonPath": ".status.controlnetPool.name", "priority": 1},
     {"name": "Latent-Parallelism", "type": "string", "jsonPath": ".spec.serving.latentParallelism",
      "priority": 1},
+    {"name": "Autoscaling", "type": "string", "jsonPath": '.status.conditions[?(@.type=="AutoscalingReady")].reason',
+     "priority": 1, "description": "Active, or why not: KedaNotInstalled, ScaledObjectNotReady, MetricsUnavailable"},
 ]
 
 

@@ -18,7 +18,7 @@ from kubernetes import config
 from kubernetes.client import ApiClient
 from prometheus_client import start_http_server
 
-from swiftdiffusion.operator import kube, netpol, render
+from swiftdiffusion.operator import autoscaling, kube, netpol, render
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.cache import ChildCache
 from swiftdiffusion.operator.controller import SHARED_POOL, WORKFLOW, Controller
@@ -53,7 +53,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: loggin
     cache = ChildCache()
     memo.dispatcher = Dispatcher(memo.queue, cache)
     memo.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile")
-    controller = Controller(_api_client(), cache, memo.get("network", netpol.DEFAULT))
+    controller = Controller(_api_client(), cache, memo.get("network", netpol.DEFAULT),
+                            memo.get("scaling", autoscaling.DEFAULT))
     memo.tasks = [asyncio.create_task(run_worker(memo.queue, controller, memo.executor)) for _ in range(workers)]
     logger.info("%s started with %d workers", FIELD_MANAGER, workers)
 

@@ -23,7 +23,7 @@ APPLY_PATCH = "application/apply-patch+yaml"
 _SURROGATE_PAIR = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
 PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
            "PodDisruptionBudget": "poddisruptionbudgets", "NetworkPolicy": "networkpolicies", m.KIND: m.PLURAL,
-           "Event": "events"}
+           "Event": "events", "ScaledObject": "scaledobjects"}
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
@@ -70,6 +70,17 @@ def get(api: ApiClient, api_version: str, kind: str, namespace: str, name: str) 
         if error.status == 404:
             return None
         raise
+
+
+def api_served(api: ApiClient, api_version: str) -> bool:
+    """Whether the API server serves `group/version` (a CRD such as KEDA's is installed)."""
+    try:
+        request(api, "GET", f"/apis/{api_version}")
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
 
 
 def list_pods(api: ApiClient, namespace: str, label_selector: str) -> list[dict[str, Any]]:

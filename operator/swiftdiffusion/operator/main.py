@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from swiftdiffusion.operator import netpol
+from swiftdiffusion.operator import autoscaling, netpol
 
 
 def _json(kind: type, name: str) -> Callable[[str], Any]:
@@ -38,6 +38,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-pool-clients", type=_json(list, "array"), default=netpol.DEFAULT.base_clients,
                         help="NetworkPolicyPeers (JSON list) that may call a base pool's gRPC port "
                              "(default: every pod of its namespace; [] admits every source)")
+    parser.add_argument("--prometheus-url", default=autoscaling.DEFAULT.prometheus_url,
+                        help="Prometheus the pools' ScaledObjects query (KEDA reads it, not the operator)")
+    parser.add_argument("--autoscaling-polling-interval", type=int, default=autoscaling.DEFAULT.polling_interval_seconds,
+                        help="seconds between KEDA's reads of a pool's demand")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -54,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         liveness_endpoint=args.liveness,
         memo=kopf.Memo(metrics_port=args.metrics_port, workers=args.workers,
                        network=netpol.Settings(args.network_policies, args.monitoring_namespace_selector,
-                                               args.base_pool_clients)),
+                                               args.base_pool_clients),
+                       scaling=autoscaling.Settings(args.prometheus_url, args.autoscaling_polling_interval)),
     )
 
 

@@ -9,7 +9,9 @@ the last member leaving a shared pool; owner references cover deleted workflows)
 patched through its subresource; owner references with blockOwnerDeletion need `update` on
 the workflows' finalizers (OwnerReferencesPermissionEnforcement admission); core/v1 events
 explain what the operator did; a pool that is not ready has its pods listed so status can
-say why (unschedulable, image pull, crash loop, probes). Workflows and pods are read-only to
+say why (unschedulable, image pull, crash loop, probes); a pool with autoscaling on gets a
+KEDA ScaledObject (applied, read back for its status, deleted when autoscaling is turned
+off; not watched, so no list/watch). Workflows and pods are read-only to
 the operator, and it cannot touch Secrets. tests/chart/test_rbac_cluster.py proves each
 grant is used (the test bed's audit log) and a needed verb removed is reported.
 """
@@ -30,6 +32,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": CHILD_VERBS},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_VERBS},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": CHILD_VERBS},
+    {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swiftdiffusion.operator import model as m
-from swiftdiffusion.operator import netpol
+from swiftdiffusion.operator import autoscaling, netpol
 from swiftdiffusion.operator import runtime_config as rc
 from swiftdiffusion.runtime.config import RuntimeConfig
 
@@ -80,6 +80,7 @@ class PoolPlan:
     labels: dict[str, str]
     owners: tuple[dict[str, Any], ...]
     callers: tuple[str, ...] = ()  # a ControlNet pool's: the base pools that call it
+    autoscaling: m.Autoscaling = m.Autoscaling()  # a shared pool's: derived from its members
 
 
 def owner_reference(wf: m.Workflow, *, controller: bool) -> dict[str, Any]:
@@ -224,7 +225,7 @@ def _deployment(plan: PoolPlan, config_hash: str) -> Manifest:
             "spec": _pod_spec(plan),
         },
     }
-    if not pool.autoscaling.enabled:  # otherwise the autoscaler owns .spec.replicas
+    if not plan.autoscaling.enabled:  # otherwise the autoscaler owns .spec.replicas
         spec = {"replicas": pool.replicas, **spec}
     metadata = _metadata(plan)
     if plan.role == CONTROLNET:
@@ -233,12 +234,22 @@ def _deployment(plan: PoolPlan, config_hash: str) -> Manifest:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
 
-def render_pool(plan: PoolPlan, network: netpol.Settings) -> list[Manifest]:
-    """ConfigMap, NetworkPolicy (if on: before any pod exists), Deployment, Service and
-    PodDisruptionBudget of one pool (apply in this order)."""
+def _scaled_object(plan: PoolPlan, scaling: autoscaling.Settings) -> Manifest:
+    callers = plan.callers if plan.role == CONTROLNET else ()
+    return autoscaling.scaled_object(_metadata(plan), plan.name, plan.autoscaling, plan.workflow.namespace, callers,
+                                     scaling)
+
+
+def render_pool(plan: PoolPlan, network: netpol.Settings,
+                scaling: autoscaling.Settings = autoscaling.DEFAULT) -> list[Manifest]:
+    """ConfigMap, NetworkPolicy (if on: before any pod exists), Deployment, Service,
+    PodDisruptionBudget and, with autoscaling on, the ScaledObject of one pool (apply in
+    this order)."""
     text = rc.to_yaml(plan.config)
     policies = [_network_policy(plan, network)] if network.enabled else []
-    manifests = [_config_map(plan, text), *policies, _deployment(plan, rc.digest(text)), _service(plan), _pdb(plan)]
+    scalers = [_scaled_object(plan, scaling)] if plan.autoscaling.enabled else []
+    manifests = [_config_map(plan, text), *policies, _deployment(plan, rc.digest(text)), _service(plan), _pdb(plan),
+                 *scalers]
     return [_stamp(manifest) for manifest in manifests]
 
 
@@ -251,6 +262,7 @@ def base_pool_plan(wf: m.Workflow) -> PoolPlan:
         config=rc.base_config(wf, cn_endpoint),
         labels=_labels(name, BASE, {WORKFLOW_LABEL: wf.name}),
         owners=(owner_reference(wf, controller=True),),
+        autoscaling=wf.spec.base_pool.autoscaling,
     )
 
 
@@ -262,6 +274,7 @@ def dedicated_controlnet_plan(wf: m.Workflow) -> PoolPlan:
         labels=_labels(name, CONTROLNET, {WORKFLOW_LABEL: wf.name}),
         owners=(owner_reference(wf, controller=True),),
         callers=(base_pool_name(wf.name),),
+        autoscaling=wf.spec.controlnet_pool.autoscaling,
     )
 
 
@@ -282,7 +295,8 @@ def shared_controlnet_plan(pool: str, members: Sequence[m.Workflow]) -> PoolPlan
     """One pool for every member workflow, each an owner, so it lives until the last one goes.
 
     Pool settings (image, GPUs, replicas) come from the oldest member: adding a workflow
-    never changes how an existing shared pool runs, only which models it serves.
+    never changes how an existing shared pool runs, only which models it serves. Its
+    autoscaling follows every member (`autoscaling.shared_bounds`): its demand is theirs.
     """
     ordered = oldest_first(members)
     leader = ordered[0]
@@ -293,6 +307,7 @@ def shared_controlnet_plan(pool: str, members: Sequence[m.Workflow]) -> PoolPlan
         labels=_labels(name, CONTROLNET, {SHARED_POOL_LABEL: pool}),
         owners=tuple(owner_reference(wf, controller=False) for wf in sorted(ordered, key=lambda wf: wf.uid)),
         callers=tuple(base_pool_name(wf.name) for wf in ordered),
+        autoscaling=autoscaling.shared_bounds([wf.spec.controlnet_pool.autoscaling for wf in ordered]),
     )
 
 
@@ -301,14 +316,15 @@ def has_dedicated_controlnet_pool(wf: m.Workflow) -> bool:
     return bool(wf.spec.controlnets) and not wf.shared_pool
 
 
-def render_workflow(wf: m.Workflow, network: netpol.Settings = netpol.DEFAULT) -> list[Manifest]:
+def render_workflow(wf: m.Workflow, network: netpol.Settings = netpol.DEFAULT,
+                    scaling: autoscaling.Settings = autoscaling.DEFAULT) -> list[Manifest]:
     """The workflow's own children: its base pool and, unless shared, its ControlNet pool."""
-    manifests = render_pool(base_pool_plan(wf), network)
+    manifests = render_pool(base_pool_plan(wf), network, scaling)
     if has_dedicated_controlnet_pool(wf):
-        manifests += render_pool(dedicated_controlnet_plan(wf), network)
+        manifests += render_pool(dedicated_controlnet_plan(wf), network, scaling)
     return manifests
 
 
-def render_shared_pool(pool: str, members: Sequence[m.Workflow],
-                       network: netpol.Settings = netpol.DEFAULT) -> list[Manifest]:
-    return render_pool(shared_controlnet_plan(pool, members), network)
+def render_shared_pool(pool: str, members: Sequence[m.Workflow], network: netpol.Settings = netpol.DEFAULT,
+                       scaling: autoscaling.Settings = autoscaling.DEFAULT) -> list[Manifest]:
+    return render_pool(shared_controlnet_plan(pool, members), network, scaling)

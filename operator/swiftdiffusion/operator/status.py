@@ -11,7 +11,12 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+READY, PROGRESSING, DEGRADED, STALLED = "Ready", "Progressing", "Degraded", "Stalled"
+# Degraded reasons that waiting will not fix: kstatus (Flux, `kubectl wait`-style tools)
+# reads Stalled=True as Failed, where Ready=False alone reads as InProgress forever.
+STALLED_REASONS = ("PoolFailing", "ImagePullFailed", "SharedPoolMismatch")
+AUTOSCALING_READY = "AutoscalingReady"
+SCALING_ACTIVE = "Active"
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,16 @@ class PodProblem:
     """Why a pool's pods are not ready, as its pods say it: a short reason and one sentence."""
 
     reason: str  # Unschedulable | ImagePullFailed | CrashLooping | ProbesFailing
+    message: str
+
+
+@dataclass(frozen=True)
+class ScalingObservation:
+    """A pool's autoscaling as its ScaledObject (and KEDA) report it."""
+
+    min_replicas: int
+    max_replicas: int
+    reason: str  # Active | KedaNotInstalled | ScaledObjectPending | ScaledObjectNotReady | MetricsUnavailable
     message: str
 
 
@@ -35,6 +50,7 @@ class PoolObservation:
     controlnets: tuple[str, ...] = field(default=())
     problem: PodProblem | None = None
     mismatch: str | None = None  # a shared pool set up for another member than this workflow needs
+    scaling: ScalingObservation | None = None  # None: autoscaling is off for this pool
 
 
 # Ready reasons that explain a failure: a Warning event goes with each new one.
@@ -149,6 +165,13 @@ def _degraded(error: str | None, failing: str | None, problem: tuple[bool, str, 
     return False, "AsExpected", ""
 
 
+def _stalled(degraded: tuple[bool, str, str], transient: bool) -> tuple[bool, str, str]:
+    failed, reason, message = degraded
+    if failed and (reason in STALLED_REASONS or (reason == "ReconcileFailed" and not transient)):
+        return True, reason, message
+    return False, "AsExpected" if not failed else "MayRecover", ""
+
+
 def pool_status(pool: PoolObservation) -> dict[str, Any]:
     desired, ready, updated = _replicas(pool)
     out: dict[str, Any] = {
@@ -157,7 +180,21 @@ def pool_status(pool: PoolObservation) -> dict[str, Any]:
     }
     if pool.controlnets:
         out["controlnets"] = list(pool.controlnets)
+    if pool.scaling:
+        out["autoscaling"] = {"minReplicas": pool.scaling.min_replicas, "maxReplicas": pool.scaling.max_replicas,
+                              "state": pool.scaling.reason}
     return out
+
+
+def _autoscaling(pools: list[PoolObservation]) -> tuple[bool, str, str] | None:
+    """AutoscalingReady: None when no pool autoscales; else the first pool that is not active."""
+    scaled = [p for p in pools if p.scaling]
+    if not scaled:
+        return None
+    waiting = next((p for p in scaled if p.scaling.reason != SCALING_ACTIVE), None)
+    if waiting:
+        return False, waiting.scaling.reason, f"{waiting.role} pool {waiting.name}: {waiting.scaling.message}"
+    return True, SCALING_ACTIVE, "; ".join(f"{p.role} pool {p.name}: {p.scaling.message}" for p in scaled)
 
 
 def _condition(ctype: str, status: bool, reason: str, message: str, generation: int,
@@ -171,8 +208,10 @@ def _condition(ctype: str, status: bool, reason: str, message: str, generation: 
 
 
 def compute_status(generation: int, pools: list[PoolObservation], previous: dict[str, Any],
-                   error: str | None = None, timestamp: str | None = None) -> dict[str, Any]:
-    """The full `.status` for a workflow whose pools were observed as `pools`."""
+                   error: str | None = None, timestamp: str | None = None, *,
+                   transient: bool = True) -> dict[str, Any]:
+    """The full `.status` for a workflow whose pools were observed as `pools`; `transient`:
+    whether `error` may go away on a retry (a refused child will not)."""
     timestamp = timestamp or now()
     before = {c["type"]: c for c in previous.get("conditions", []) if "type" in c}
     pending = [p for p in pools if not rolled_out(p)]
@@ -188,14 +227,17 @@ def compute_status(generation: int, pools: list[PoolObservation], previous: dict
         ready = (False, "PoolsNotReady", summary)
     else:
         ready = (True, "PoolsReady", summary)
+    degraded = _degraded(error, failing, ready if problem else None, pools)
     conditions = [
         _condition(READY, *ready, generation, before, timestamp),
         _condition(PROGRESSING, bool(pending), "RollingOut" if pending else "RolledOut",
                    ", ".join(f"{p.role} pool {p.name}" for p in pending) or "all pools rolled out",
                    generation, before, timestamp),
-        _condition(DEGRADED, *_degraded(error, failing, ready if problem else None, pools), generation, before,
-                   timestamp),
+        _condition(DEGRADED, *degraded, generation, before, timestamp),
+        _condition(STALLED, *_stalled(degraded, transient), generation, before, timestamp),
     ]
+    if scaling := _autoscaling(pools):
+        conditions.append(_condition(AUTOSCALING_READY, *scaling, generation, before, timestamp))
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
     for pool in pools:
         status["basePool" if pool.role == "base" else "controlnetPool"] = pool_status(pool)
