@@ -119,6 +119,8 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "shared pool name not a dns label": ({"controlnets": [CANNY], "controlnetPool": {"sharedPoolName": "Pool_1"}},
                                          "spec.controlnetPool.sharedPoolName"),
     "negative replicas": ({"basePool": {"replicas": -1}}, "spec.basePool.replicas"),
+    "autoscaling to zero": ({"basePool": {"autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 2}}},
+                            "spec.basePool.autoscaling.minReplicas"),
     # Classes the API server would otherwise admit and then refuse in the rendered children:
     "pod label value with a space": ({"basePool": {"podLabels": {"team": "a b"}}}, "spec.basePool.podLabels.team"),
     "pod label key not a qualified name": ({"basePool": {"podLabels": {"bad key": "x"}}}, "spec.basePool.podLabels"),
