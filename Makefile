@@ -32,6 +32,11 @@ testbed:
 prometheus:
 	scripts/prometheus install
 
+# The operator and runtime images, built offline with podman (installed from Debian as root);
+# cached in ~/.cache/swiftdiffusion/images: a second run with no change takes seconds
+images: venv
+	scripts/images build
+
 cluster-up: testbed
 	scripts/testbed up
 
@@ -50,7 +55,7 @@ fleet-down:
 demo: venv
 	$(PY) -m swiftdiffusion.runtime.dev.demo
 
-test: venv testbed prometheus
+test: venv testbed prometheus images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

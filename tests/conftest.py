@@ -14,4 +14,5 @@ pytest_plugins: list[str] = [
     "tests.testbed.fixtures",
     "tests.reconcile.fixtures",
     "tests.chart.fixtures",
+    "tests.images.fixtures",
 ]

@@ -32,6 +32,8 @@ SHARED_POOL_LABEL = "swiftdiffusion.io/shared-pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
 RUNTIME_UID = 10001  # the runtime image's user (Dockerfile.runtime)
 PRE_STOP_SECONDS = 5
+LOAD_SECONDS = 600  # startup probe budget: weights load from the model store
+DOWNLOAD_SECONDS = 3600  # ... or download into it first (SDXL base: about 14 GB, 4 MB/s)
 # preStop, then the runtime's own drain (in-flight requests finish), then a margin to exit.
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(rc.SHUTDOWN_GRACE_SECONDS) + 10
 BASE, CONTROLNET = "base", "controlnet"
@@ -173,8 +175,10 @@ def _container(plan: PoolPlan) -> dict[str, Any]:
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": _quantities(plan.pool.resources.requests),
                       "limits": _quantities(plan.pool.resources.limits, plan.pool.gpus)},
-        # Loading SDXL weights takes minutes: the startup probe holds the others off meanwhile.
-        "startupProbe": _grpc_probe(period=10, failures=60),
+        # Loading SDXL weights takes minutes, downloading them first (modelDownloads) up to an
+        # hour: the startup probe holds the others off meanwhile.
+        "startupProbe": _grpc_probe(period=10, failures=(DOWNLOAD_SECONDS if plan.config.model_downloads
+                                                         else LOAD_SECONDS) // 10),
         "readinessProbe": _grpc_probe(period=5, failures=3),
         "livenessProbe": _grpc_probe(period=10, failures=3),
         # Endpoints and clients learn of the deletion before the server stops accepting.

@@ -5,7 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from swiftdiffusion.operator.model import ControlNetSpec, LatentParallelism, LoraSpec, Workflow
+from swiftdiffusion.operator.model import (
+    ControlNetSpec,
+    LatentParallelism,
+    LoraSpec,
+    ModelStore,
+    ModelStoreType,
+    Workflow,
+)
 from swiftdiffusion.runtime.config import (
     CONFIG_DIR,
     CONFIG_FILE,
@@ -22,12 +29,18 @@ from swiftdiffusion.runtime.config import (
 )
 
 __all__ = ["CONFIG_DIR", "CONFIG_FILE", "GRPC_PORT", "METRICS_PORT", "SHUTDOWN_GRACE_SECONDS", "base_config",
-           "controlnet_config", "digest", "to_yaml"]
+           "controlnet_config", "digest", "model_downloads", "to_yaml"]
+
+
+def model_downloads(store: ModelStore) -> bool:
+    """A writable volume lets a missing model download into it on first start; a store in the
+    image or on a read-only volume is offline (the runtime refuses to start without its models)."""
+    return store.type is not ModelStoreType.IMAGE and not store.read_only
 
 
 def _common(wf: Workflow) -> dict:
     return {"grpc_port": GRPC_PORT, "metrics_port": METRICS_PORT, "shutdown_grace_seconds": SHUTDOWN_GRACE_SECONDS,
-            "model_store": wf.spec.model_store.path,
+            "model_store": wf.spec.model_store.path, "model_downloads": model_downloads(wf.spec.model_store),
             "max_width": wf.spec.serving.max_width, "max_height": wf.spec.serving.max_height}
 
 

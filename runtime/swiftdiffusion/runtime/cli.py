@@ -70,6 +70,15 @@ def _serve_pod(args: argparse.Namespace) -> int:
     if config.role != role:
         print(f"config {args.config} is for role {config.role!r}, not {role!r}", file=sys.stderr)
         return 2
+    if not config.model_downloads:  # before huggingface_hub is imported: it reads this once
+        os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in this process may reach the hub
+    from swiftdiffusion.runtime.serving.model_store import ModelStoreError, prepare_models
+
+    try:
+        prepare_models(config)
+    except ModelStoreError as error:
+        print(error, file=sys.stderr)
+        return 1
     if role == "base":
         from swiftdiffusion.runtime.serving.base_server import start_base_server as start
     else:

@@ -86,6 +86,10 @@ class RuntimeConfig(_Camel):
     grpc_port: int = GRPC_PORT
     metrics_port: int = METRICS_PORT
     model_store: str | None = None
+    # Off: every model must already be in the store (an image layer, a read-only volume) and the
+    # runtime never touches the network. On: a model missing from the store is downloaded into
+    # it on first start (a writable PVC); see serving/model_store.py.
+    model_downloads: bool = False
     max_width: int = 2048
     max_height: int = 2048
     base: BaseSection | None = None
@@ -122,6 +126,10 @@ class ConfigError(ValueError):
 def load_config(path: Path | str) -> RuntimeConfig:
     try:
         return RuntimeConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    except OSError as error:  # a ConfigMap not mounted where the command says: name the path
+        raise ConfigError(f"config {path}: {error.strerror.lower()}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path}: not YAML: {' '.join(str(error).split())}") from None
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"config {path}: {problems}") from None

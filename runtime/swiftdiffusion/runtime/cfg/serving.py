@@ -49,7 +49,7 @@ def follower_spec(config: RuntimeConfig, model: BaseModel) -> WorkerSpec:
     from swiftdiffusion.runtime.serving.model_store import resolve
 
     base = config.require_base()
-    ref = ModelRef(resolve(base.model, config.model_store), base.revision, config.model_store)
+    ref = ModelRef(resolve(base.model, config.model_store, base.revision), base.revision, config.model_store)
     entries = lora_entries(config)
     on_gpu = model.device.type == "cuda"
     cores = None if on_gpu else _halves(config)[1]

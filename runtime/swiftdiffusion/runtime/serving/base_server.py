@@ -103,7 +103,7 @@ def start_base_server(config: RuntimeConfig) -> RunningServer:
     base_pb2_grpc.add_BaseServiceServicer_to_server(servicer, server)
     server.start()
     model = BaseModel.load(
-        resolve(base.model, config.model_store), base.revision, base.dtype, config.model_store, config.device
+        resolve(base.model, config.model_store, base.revision), base.revision, base.dtype, config.model_store, config.device
     )
     metrics.observe_load("base", model.load_seconds)
     source, hooks, predictor = residual_source_for(config, model.device, model.dtype, metrics), lora_step_hooks(config, model, metrics), None
