@@ -43,9 +43,10 @@ def test_an_autoscaled_base_pool_gets_a_scaled_object_on_its_own_demand_and_no_r
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     assert trigger["metadata"]["serverAddress"] == "http://prometheus.test:9090"
     assert trigger["metadata"]["threshold"] == "2"
+    assert trigger["metadata"]["ignoreNullValues"] == "false"  # no data is not zero demand
     query = trigger["metadata"]["query"]
     assert 'namespace="ns",pool="swd-wf-base"' in query
-    assert "swiftdiffusion_queue_depth" in query and "swiftdiffusion_inflight_requests" in query
+    assert query.startswith("sum(swiftdiffusion_inflight_requests{")  # queued calls are in flight already
     assert "scalingModifiers" not in spec["advanced"]
 
 

@@ -1,8 +1,9 @@
 """KEDA ScaledObjects for pools with autoscaling on: pure functions of a pool's plan.
 
-A pool's demand is the work its replicas hold: requests queued plus requests being served
-(a ControlNet pool's in-flight requests are its open residual sessions), summed over the
-pool from the runtime's own series in Prometheus. KEDA hands the HPA one external metric
+A pool's demand is the work its replicas hold: the runtime's in-flight gauge, which counts
+every call a server has accepted, queued for the denoising worker or running (so adding
+the queue-depth gauge would count queued requests twice; a ControlNet pool's in-flight
+calls are its open residual sessions), summed over the pool from Prometheus. KEDA hands the HPA one external metric
 per pool with an AverageValue target of `targetInFlightPerReplica`, so the HPA asks for
 ceil(demand / target) replicas.
 
@@ -66,15 +67,17 @@ def shared_bounds(members: Sequence[m.Autoscaling]) -> m.Autoscaling:
 
 
 def demand_query(namespace: str, pool: str) -> str:
-    """Requests queued plus in flight over every replica of `pool` (the runtime exports both
-    gauges from start-up, so neither side is missing while the pool has a replica)."""
-    scope = f'namespace="{namespace}",{POOL_SERIES_LABEL}="{pool}"'
-    return f"sum({metric_names.QUEUE_DEPTH}{{{scope}}}) + sum({metric_names.IN_FLIGHT_REQUESTS}{{{scope}}})"
+    """Calls accepted (queued or running) over every replica of `pool`."""
+    return f'sum({metric_names.IN_FLIGHT_REQUESTS}{{namespace="{namespace}",{POOL_SERIES_LABEL}="{pool}"}})'
 
 
 def _trigger(name: str, query: str, target: int, settings: Settings) -> dict[str, Any]:
+    """An empty answer is an error, not zero: the runtime exports its gauges from start-up,
+    so no series means Prometheus has no data (restarted without storage, a scrape
+    outage), and the fallback must hold replicas rather than scale a busy pool in."""
     return {"type": "prometheus", "name": name, "metricType": "AverageValue", "metadata": {
-        "serverAddress": settings.prometheus_url, "query": query, "threshold": str(target)}}
+        "serverAddress": settings.prometheus_url, "query": query, "threshold": str(target),
+        "ignoreNullValues": "false"}}
 
 
 def scaled_object(metadata: dict[str, Any], deployment: str, autoscaling: m.Autoscaling, namespace: str,

@@ -39,6 +39,7 @@ PERMANENT_RETRY_SECONDS = 300.0
 # While a pool rolls out, its pods' scheduling, pulls and probes change without touching the
 # Deployment the operator watches; look again this often so status names the cause.
 RECHECK_PENDING_SECONDS = 10.0
+RECHECK_SCALING_SECONDS = 30.0
 # A pool's objects: the watched kinds, and its ScaledObject (not watched: KEDA may be absent).
 PRUNED_KINDS = (*render.POOL_KINDS, autoscaling.TYPE)
 
@@ -209,7 +210,10 @@ class Controller:
         follow_ups: list[Key] = [(SHARED_POOL, namespace, wf.shared_pool)] if wf.shared_pool else []
         pending = any(not rolled_out(pool) or (pool.scaling and pool.scaling.reason != SCALING_ACTIVE)
                       for pool in pools)
-        return Reconciled(follow_ups, RECHECK_PENDING_SECONDS if pending else None)
+        if pending:
+            return Reconciled(follow_ups, RECHECK_PENDING_SECONDS)
+        # ScaledObjects are not watched: KEDA's verdict (a metrics outage) is polled.
+        return Reconciled(follow_ups, RECHECK_SCALING_SECONDS if any(p.scaling for p in pools) else None)
 
     def _prune_scalers(self, wf: m.Workflow) -> list[str]:
         """ScaledObjects of this workflow's own pools whose autoscaling was turned off."""

@@ -145,7 +145,7 @@ def adapter_argv(bed: TestBed) -> list[str]:
 
 def established(api: ApiClient, crd: str) -> bool:
     status = api.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}").get("status", {})
-    return any(c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions", []))
+    return any(c["type"] == "Established" and c["status"] == "True" for c in status.get("conditions") or [])
 
 
 def available(api: ApiClient) -> bool:
