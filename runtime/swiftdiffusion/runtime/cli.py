@@ -9,6 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from swiftdiffusion.planner import cli as planner
 from swiftdiffusion.runtime.lora.profile import add_arguments as add_profile_arguments
 from swiftdiffusion.runtime.lora.profile import run as run_profile
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build-models", help="build an SDXL-architecture model set offline")
     build.add_argument("folder", type=Path)
     build.add_argument("--size", choices=("tiny", "mid"), default="tiny")
+    planner.add_trace_arguments(commands.add_parser("trace", help="generate a request trace from published statistics"))
+    planner.add_simulate_arguments(commands.add_parser("simulate", help="replay a trace through a model of the fleet"))
     args = parser.parse_args(argv)
     return {
         "serve-base": _serve_pod,
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         "generate": _generate,
         "build-models": _build,
         "profile-lora": run_profile,
+        "trace": planner.run_trace,
+        "simulate": planner.run_simulate,
     }[args.command](args)
 
 

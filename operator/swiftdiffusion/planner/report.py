@@ -1,0 +1,100 @@
+"""What a run means to a planner: latency percentiles, SLO attainment, GPU-hours, replica
+timelines, cache hit rate and BAL's blocked time; written as JSON and CSV (and PNG plots
+when matplotlib is installed)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from swiftdiffusion.planner.simulate import Result
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted `values` (q in 0..100)."""
+    rank = max(1, math.ceil(q / 100 * len(values)))
+    return values[rank - 1]
+
+
+def summary(result: Result, slo_seconds: float) -> dict[str, Any]:
+    by_workflow: dict[str, list[float]] = defaultdict(list)
+    for outcome in result.outcomes:
+        by_workflow[outcome.workflow].append(outcome.latency)
+    everything = sorted(o.latency for o in result.outcomes)
+    workflows = {}
+    for name, latencies in sorted(by_workflow.items()):
+        latencies.sort()
+        workflows[name] = {"requests": len(latencies), "p50": percentile(latencies, 50),
+                           "p95": percentile(latencies, 95), "p99": percentile(latencies, 99),
+                           "slo_attainment": sum(x <= slo_seconds for x in latencies) / len(latencies)}
+    pools = {}
+    for name, state in result.pools.items():
+        seconds = sum(r.removed - r.created for r in state.replicas)
+        pools[name] = {"role": state.model.role, "gpus_per_replica": state.model.gpus,
+                       "gpu_hours": seconds * state.model.gpus / 3600,
+                       "max_replicas": max(n for _, n in state.timeline), "timeline": state.timeline}
+    lookups = sum(result.cache_lookups.values())
+    blocked = [o.lora_blocked_seconds for o in result.outcomes]
+    return {
+        "requests": len(result.outcomes), "simulated_seconds": result.end, "events": result.events,
+        "slo_seconds": slo_seconds,
+        "p50": percentile(everything, 50) if everything else None,
+        "p95": percentile(everything, 95) if everything else None,
+        "gpu_hours": sum(p["gpu_hours"] for p in pools.values()),
+        "controlnet_cache_hit_rate": sum(result.cache_hits.values()) / lookups if lookups else None,
+        "lora_blocked_requests": sum(b > 0 for b in blocked), "lora_blocked_seconds": sum(blocked),
+        "workflows": workflows, "pools": pools,
+    }
+
+
+def write(folder: Path, result: Result, report: dict[str, Any]) -> list[Path]:
+    """summary.json, requests.csv and replicas.csv in `folder`, plus plots if matplotlib is there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "summary.json", folder / "requests.csv", folder / "replicas.csv"]
+    written[0].write_text(json.dumps(report, indent=2) + "\n")
+    with written[1].open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["arrival_seconds", "workflow", "start_seconds", "finish_seconds", "latency_seconds",
+                      "lora_blocked_seconds"])
+        for o in result.outcomes:
+            out.writerow([f"{o.arrival:.6f}", o.workflow, f"{o.start:.6f}", f"{o.finish:.6f}", f"{o.latency:.6f}",
+                          f"{o.lora_blocked_seconds:.6f}"])
+    with written[2].open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["pool", "seconds", "replicas"])
+        for name, pool in report["pools"].items():
+            out.writerows([name, f"{t:.3f}", n] for t, n in pool["timeline"])
+    return written + plot(folder, result, report)
+
+
+def plot(folder: Path, result: Result, report: dict[str, Any]) -> list[Path]:
+    try:
+        import matplotlib
+    except ImportError:
+        return []
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in report["workflows"]:
+        latencies = sorted(o.latency for o in result.outcomes if o.workflow == name)
+        ax.plot(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))], label=name)
+    ax.axvline(report["slo_seconds"], color="grey", linestyle="--", label="SLO")
+    ax.set(xlabel="latency (s)", ylabel="share of requests", title="Latency CDF per workflow")
+    ax.legend(fontsize="small")
+    latency = folder / "latency.png"
+    fig.savefig(latency, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, pool in report["pools"].items():
+        times, counts = zip(*[*pool["timeline"], (report["simulated_seconds"], pool["timeline"][-1][1])])
+        ax.step(times, counts, where="post", label=name)
+    ax.set(xlabel="time (s)", ylabel="replicas", title="Replicas per pool")
+    ax.legend(fontsize="small")
+    replicas = folder / "replicas.png"
+    fig.savefig(replicas, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return [latency, replicas]

@@ -1,0 +1,51 @@
+"""`swiftdiffusion trace` and `swiftdiffusion simulate` on the repository's examples."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from swiftdiffusion.runtime.cli import main
+
+EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+WORKFLOWS = {"sdxl-canny-depth", "sdxl-latent-parallel", "product-shots", "character-poses"}
+
+
+def test_simulate_compares_the_designs_on_a_generated_trace(tmp_path: Path, capsys) -> None:
+    trace = tmp_path / "trace.csv"
+    assert main(["trace", *EXAMPLES, "--shape", "bursty", "--rate", "0.5", "--duration", "300", "--seed", "1",
+                 "--out", str(trace)]) == 0
+    out = tmp_path / "sim"
+    assert main(["simulate", *EXAMPLES, "--trace", str(trace), "--design", "compare", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert all(design in table for design in ("monolithic", "decoupled", "shared"))
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["design"] for r in rows] == ["monolithic", "decoupled", "shared"]
+    summary = json.loads((out / "shared" / "summary.json").read_text())
+    requests = sum(1 for _ in csv.DictReader(trace.open()))
+    assert summary["requests"] == requests > 0
+    assert set(summary["workflows"]) == WORKFLOWS
+    assert "swd-cn-planner" in summary["pools"] and summary["gpu_hours"] > 0
+    assert 0 < summary["controlnet_cache_hit_rate"] <= 1
+    for name in ("requests.csv", "replicas.csv", "latency.png", "replicas.png"):
+        assert (out / "monolithic" / name).stat().st_size > 0
+    # Every base pool's replicas cost GPU time from start to the end of the run.
+    assert min(p["gpu_hours"] for p in summary["pools"].values()) > 0
+
+
+def test_a_bad_trace_fails_naming_the_line_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_seconds,workflow,controlnets,loras,steps,width,height\n"
+                     "0.0,product-shots,canny,,30,1024,1024\n1.0,product-shots,openpose,,30,1024,1024\n")
+    out = tmp_path / "sim"
+    assert main(["simulate", *EXAMPLES, "--trace", str(trace), "--out", str(out)]) == 2
+    assert f"{trace}:3: controlnets: 'openpose' is not a ControlNet of workflow 'product-shots'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_workflow_the_crd_would_refuse_is_named_by_field(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: swiftdiffusion.io/v1alpha1\nkind: T2IWorkflow\nmetadata: {name: bad}\n"
+                   "spec: {base: {model: m}, basePool: {gpus: many}}\n")
+    assert main(["simulate", str(bad), "--out", str(tmp_path / "sim")]) == 2
+    assert "workflow 'bad': spec.basePool.gpus" in capsys.readouterr().err

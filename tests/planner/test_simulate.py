@@ -1,0 +1,129 @@
+"""The fleet model against cases a planner can work out by hand."""
+from __future__ import annotations
+
+import pytest
+
+from swiftdiffusion.operator import autoscaling, render
+from swiftdiffusion.planner import fleet, service
+from swiftdiffusion.planner.simulate import Simulation
+from swiftdiffusion.planner.trace import Request
+from tests.planner.helpers import PROFILE, workflow
+
+SERVICE = 0.5 + 10 * 0.1  # fixed + 10 steps of 0.1 s: no ControlNet, no LoRA
+
+
+def every(seconds: float, count: int, name: str = "w", controlnets: tuple[str, ...] = (),
+          loras: tuple[str, ...] = ()) -> list[Request]:
+    return [Request(i * seconds, name, controlnets, loras, 10, 64, 64) for i in range(count)]
+
+
+def run(workflows, requests, *, design: str | None = None):
+    plan = fleet.build(workflows) if design is None else fleet.design(workflows, design)
+    return Simulation(plan, workflows, PROFILE, monolithic=design == "monolithic").run(requests)
+
+
+def latencies(result) -> list[float]:
+    return [o.latency for o in result.outcomes]
+
+
+def test_below_capacity_every_request_takes_its_service_time() -> None:
+    result = run([workflow("w")], every(2.0, 20))
+    assert latencies(result) == pytest.approx([SERVICE] * 20)
+    assert result.end == pytest.approx(19 * 2.0 + SERVICE)
+
+
+def test_above_capacity_the_queue_grows_by_the_excess_of_each_request() -> None:
+    result = run([workflow("w")], every(1.0, 20))  # 1.5 s of work per 1 s of arrivals
+    assert latencies(result) == pytest.approx([SERVICE + 0.5 * i for i in range(20)])
+
+
+def test_round_robin_over_two_replicas_shares_the_load() -> None:
+    result = run([workflow("w", base_pool={"replicas": 2})], every(1.0, 20))
+    assert latencies(result) == pytest.approx([SERVICE] * 20)
+    assert result.pools["swd-w-base"].replicas[0].removed == pytest.approx(result.end)
+
+
+def test_decoupled_controlnet_step_waits_for_the_residuals_and_the_first_call_misses() -> None:
+    result = run([workflow("w", controlnets=("canny",))], every(3.0, 10, controlnets=("canny",)))
+    step = max(0.05, 0.08 + 0.01) + 0.05  # encoder || (ControlNet + transfer), then decoder
+    served = 0.5 + 10 * step
+    assert latencies(result) == pytest.approx([served + 1.0] + [served] * 9)  # 1 s load on the first miss
+    assert result.cache_hits["swd-w-cn"] == 9 and result.cache_lookups["swd-w-cn"] == 10
+
+
+def test_monolithic_pods_run_controlnets_on_the_base_gpu_serially() -> None:
+    result = run([workflow("w", controlnets=("canny", "depth"))], every(6.0, 3, controlnets=("canny", "depth")),
+                 design="monolithic")
+    served = 0.5 + 10 * (0.1 + 2 * 0.08)
+    assert latencies(result) == pytest.approx([served + 2.0, served, served])  # two misses, then two hits
+    assert set(result.pools) == {"swd-w-base"}
+
+
+def test_bal_blocks_only_when_the_load_outlasts_k_steps() -> None:
+    # Two LoRAs load back to back: ready at 0.4 s and 0.8 s; K = 5 steps is 0.5 s.
+    wfs = [workflow("w", bal_k=5)]
+    result = run(wfs, every(5.0, 2, loras=("a", "b")))
+    blocked = 0.8 - 5 * 0.1
+    assert [o.lora_blocked_seconds for o in result.outcomes] == pytest.approx([blocked, blocked])
+    assert latencies(result) == pytest.approx([SERVICE + blocked + 2 * 0.05] * 2)
+    relaxed = run([workflow("w", bal_k=9)], every(5.0, 2, loras=("a", "b")))
+    assert [o.lora_blocked_seconds for o in relaxed.outcomes] == [0.0, 0.0]
+
+
+AUTOSCALED = {"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetInFlightPerReplica": 2,
+                              "scaleDownStabilizationSeconds": 60}}
+
+
+def test_autoscaling_follows_demand_within_the_bounds_and_waits_for_pod_start() -> None:
+    burst = [Request(i * 0.1, "w", (), (), 10, 64, 64) for i in range(40)]  # 40 requests in 4 s
+    tail = [Request(200.0 + i * 10.0, "w", (), (), 10, 64, 64) for i in range(20)]  # then one per 10 s
+    result = run([workflow("w", base_pool=AUTOSCALED)], burst + tail)
+    timeline = result.pools["swd-w-base"].timeline
+    counts = [n for _, n in timeline]
+    assert min(counts) >= 1 and max(counts) == 3
+    # The first poll (15 s) sees the backlog and asks for the maximum; pods serve 20 s later.
+    assert timeline[1] == (15, 3)
+    added = result.pools["swd-w-base"].replicas[1:3]
+    assert [r.ready_at for r in added] == [35.0, 35.0]
+    # Back at the floor once the window has passed with a light load.
+    assert counts[-1] == 1
+    down = next(t for t, n in timeline[2:] if n < 3)
+    assert down >= 15 + 60  # the scale-down window: no lower recommendation counts for 60 s
+
+
+def test_controlnet_pool_scales_on_its_callers_demand() -> None:
+    wf = workflow("w", controlnets=("canny",), base_pool=AUTOSCALED, controlnet_pool=AUTOSCALED)
+    burst = [Request(i * 0.1, "w", ("canny",), (), 10, 64, 64) for i in range(40)]
+    result = run([wf], burst)
+    assert result.pools["swd-w-cn"].timeline[1] == (15, 3)  # 1 open session, but its caller holds a backlog
+
+
+def test_shared_pool_bounds_are_the_operators_shared_bounds() -> None:
+    a = workflow("a", controlnets=("canny",), created=0, controlnet_pool={
+        "sharedPoolName": "s", "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 2,
+                                               "targetInFlightPerReplica": 4}})
+    b = workflow("b", controlnets=("depth",), created=1, controlnet_pool={
+        "sharedPoolName": "s", "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3,
+                                               "targetInFlightPerReplica": 2}})
+    plan = fleet.build([a, b])
+    pool = plan.pools[render.shared_controlnet_pool_name("s")]
+    expected = autoscaling.shared_bounds([a.spec.controlnet_pool.autoscaling, b.spec.controlnet_pool.autoscaling])
+    assert pool.autoscaling == expected
+    assert (pool.replicas, pool.autoscaling.max_replicas) == (2, 5)
+    assert pool.callers == ("swd-a-base", "swd-b-base")
+    assert plan.controlnet_pool == {"a": pool.name, "b": pool.name}
+    result = Simulation(plan, [a, b], PROFILE).run(every(0.2, 100, "a", ("canny",)) + [])
+    assert all(2 <= n <= 5 for _, n in result.pools[pool.name].timeline)
+
+
+def test_designs_differ_only_in_where_controlnets_run() -> None:
+    wfs = [workflow("a", controlnets=("canny",)), workflow("b", controlnets=("depth",), created=1)]
+    assert sorted(fleet.design(wfs, "monolithic").pools) == ["swd-a-base", "swd-b-base"]
+    assert sorted(fleet.design(wfs, "decoupled").pools) == ["swd-a-base", "swd-a-cn", "swd-b-base", "swd-b-cn"]
+    assert sorted(fleet.design(wfs, "shared").pools) == ["swd-a-base", "swd-b-base", "swd-cn-planner"]
+
+
+def test_a_busy_controlnet_replica_slows_every_session_on_it() -> None:
+    w = service.Work(steps=10, pixels=64 * 64, controlnets=3, lora_ks=())
+    alone, crowded = service.decoupled(PROFILE, w, 1.0), service.decoupled(PROFILE, w, 2.0)
+    assert crowded.seconds - alone.seconds == pytest.approx(10 * 3 * 0.08)
