@@ -34,6 +34,9 @@ RUNTIME_UID = 10001  # the runtime image's user (Dockerfile.runtime)
 PRE_STOP_SECONDS = 5
 LOAD_SECONDS = 600  # startup probe budget: weights load from the model store
 DOWNLOAD_SECONDS = 3600  # ... or download into it first (SDXL base: about 14 GB, 4 MB/s)
+# A health check is one cheap RPC: checking often makes a pod Ready (and an autoscaled pool
+# serve) within 2 s of its server starting, instead of up to a 10 s period later.
+STARTUP_PROBE_SECONDS = 2
 # preStop, then the runtime's own drain (in-flight requests finish), then a margin to exit.
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(rc.SHUTDOWN_GRACE_SECONDS) + 10
 BASE, CONTROLNET = "base", "controlnet"
@@ -177,8 +180,8 @@ def _container(plan: PoolPlan) -> dict[str, Any]:
                       "limits": _quantities(plan.pool.resources.limits, plan.pool.gpus)},
         # Loading SDXL weights takes minutes, downloading them first (modelDownloads) up to an
         # hour: the startup probe holds the others off meanwhile.
-        "startupProbe": _grpc_probe(period=10, failures=(DOWNLOAD_SECONDS if plan.config.model_downloads
-                                                         else LOAD_SECONDS) // 10),
+        "startupProbe": _grpc_probe(period=STARTUP_PROBE_SECONDS, failures=(
+            DOWNLOAD_SECONDS if plan.config.model_downloads else LOAD_SECONDS) // STARTUP_PROBE_SECONDS),
         "readinessProbe": _grpc_probe(period=5, failures=3),
         "livenessProbe": _grpc_probe(period=10, failures=3),
         # Endpoints and clients learn of the deletion before the server stops accepting.
