@@ -39,7 +39,7 @@ PERMANENT_RETRY_SECONDS = 300.0
 # While a pool rolls out, its pods' scheduling, pulls and probes change without touching the
 # Deployment the operator watches; look again this often so status names the cause.
 RECHECK_PENDING_SECONDS = 10.0
-RECHECK_SCALING_SECONDS = 30.0
+SCALING_RECHECK_POLLS = 3
 # A pool's objects: the watched kinds, and its ScaledObject (not watched: KEDA may be absent).
 PRUNED_KINDS = (*render.POOL_KINDS, autoscaling.TYPE)
 
@@ -212,8 +212,10 @@ class Controller:
                       for pool in pools)
         if pending:
             return Reconciled(follow_ups, RECHECK_PENDING_SECONDS)
-        # ScaledObjects are not watched: KEDA's verdict (a metrics outage) is polled.
-        return Reconciled(follow_ups, RECHECK_SCALING_SECONDS if any(p.scaling for p in pools) else None)
+        # ScaledObjects are not watched: KEDA's verdict (a metrics outage) is polled, a few of
+        # KEDA's own polling intervals apart.
+        recheck = max(RECHECK_PENDING_SECONDS, SCALING_RECHECK_POLLS * self.scaling.polling_interval_seconds)
+        return Reconciled(follow_ups, recheck if any(p.scaling for p in pools) else None)
 
     def _prune_scalers(self, wf: m.Workflow) -> list[str]:
         """ScaledObjects of this workflow's own pools whose autoscaling was turned off."""
