@@ -91,6 +91,7 @@ def test_endpoint_turning_not_ready_leaves_the_answer_within_seconds(coredns, k8
     client.DiscoveryV1Api(k8s_client).patch_namespaced_endpoint_slice("pool", namespace, {
         "endpoints": [endpoint(READY_IPS[0], True), endpoint(READY_IPS[1], False), endpoint(NOT_READY_IP, False)],
     })
+    # A TTL of 1 s and a watch: about a second here; the bound leaves room for a busy machine.
     patched = time.monotonic()
-    answers(coredns, name, {READY_IPS[0]}, timeout=5)
-    assert time.monotonic() - patched < 5
+    answers(coredns, name, {READY_IPS[0]}, timeout=15)
+    assert time.monotonic() - patched < 15
