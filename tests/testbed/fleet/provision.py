@@ -1,6 +1,7 @@
 """What `make fleet-up` adds for a person on top of the fleet: the CRD, the operator
-(all namespaces, as the admin), and the `sdxl-models` claim in `default` bound to the
-fleet's model store, so `kubectl apply -f examples/...` serves at once."""
+(all namespaces, as the admin, its ScaledObjects pointing at the fleet's Prometheus), and
+the `sdxl-models` claim in `default` bound to the fleet's model store, so
+`kubectl apply -f examples/...` serves (and autoscales) at once."""
 from __future__ import annotations
 
 import os
@@ -30,7 +31,8 @@ def provision(bed: TestBed) -> str:
     liveness, metrics = free_ports(2)
     url = f"http://127.0.0.1:{liveness}/healthz"
     processes.start("operator", [sys.executable, "-m", "swiftdiffusion.operator.main", "--liveness", url,
-                                 "--metrics-port", str(metrics)], bed.state, tied_to_parent=False,
+                                 "--metrics-port", str(metrics), "--prometheus-url", bed.prometheus_url()],
+                    bed.state, tied_to_parent=False,
                     env={**os.environ, "KUBECONFIG": str(bed.kubeconfig)})
     wait_for("the operator's liveness endpoint", lambda: http_ok(url), 60)
     return url
