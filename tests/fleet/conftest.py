@@ -15,7 +15,7 @@ from kubernetes import config
 from kubernetes.client import ApiClient
 
 from swiftdiffusion.operator.local_process import LocalOperator
-from tests.reconcile.fixtures import Cluster, install_crd, service_account_kubeconfig
+from tests.reconcile.fixtures import Cluster, install_crd, running_operator
 from tests.testbed.cluster import TestBed
 from tests.testbed.fixtures import fresh_namespace
 from tests.testbed.fleet import model_store
@@ -60,13 +60,5 @@ def fleet_cluster(fleet: TestBed, fleet_client: ApiClient, fleet_namespace: str)
 @pytest.fixture
 def fleet_operator(fleet: TestBed, fleet_client: ApiClient, fleet_namespace: str,
                    tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
-    kubeconfig = service_account_kubeconfig(fleet_client, str(fleet.kubeconfig), fleet_namespace,
-                                            tmp_path / "operator.kubeconfig")
-    process = LocalOperator(fleet_namespace, kubeconfig, tmp_path / "operator.log").start()
-    try:
+    with running_operator(fleet_client, str(fleet.kubeconfig), fleet_namespace, tmp_path) as process:
         yield process
-    finally:
-        process.stop()
-        print(f"--- operator log tail ({fleet_namespace})\n{process.log_tail()}")
-
-

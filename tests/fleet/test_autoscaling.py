@@ -20,7 +20,7 @@ from kubernetes.client import ApiClient
 from swiftdiffusion.operator import render
 from swiftdiffusion.operator.local_process import LocalOperator
 from tests.fleet.traffic import Load, ready_pods, served_requests, service_target
-from tests.reconcile.fixtures import Cluster, service_account_kubeconfig
+from tests.reconcile.fixtures import Cluster, running_operator
 from tests.testbed import processes
 from tests.testbed.cluster import TestBed
 from tests.testbed.fleet import model_store, prometheus
@@ -34,15 +34,9 @@ SCALING = {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetInFlightP
 def scaling_operator(fleet: TestBed, fleet_client: ApiClient, fleet_namespace: str,
                      tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
     """The operator pointing KEDA at the fleet's Prometheus, polling every 2 s."""
-    kubeconfig = service_account_kubeconfig(fleet_client, str(fleet.kubeconfig), fleet_namespace,
-                                            tmp_path / "operator.kubeconfig")
     args = ("--prometheus-url", fleet.prometheus_url(), "--autoscaling-polling-interval", "2")
-    process = LocalOperator(fleet_namespace, kubeconfig, tmp_path / "operator.log", args=args).start()
-    try:
+    with running_operator(fleet_client, str(fleet.kubeconfig), fleet_namespace, tmp_path, args) as process:
         yield process
-    finally:
-        process.stop()
-        print(f"--- operator log tail ({fleet_namespace})\n{process.log_tail()}")
 
 
 def example(name: str) -> dict[str, Any]:

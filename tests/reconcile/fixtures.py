@@ -6,6 +6,7 @@ those rules are enough. Stopping it is part of the fixture.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import time
@@ -105,17 +106,25 @@ def token_kubeconfig(api: ApiClient, admin_config: str, namespace: str, account:
     return str(target)
 
 
-@pytest.fixture
-def operator(t2i_crd: str, k8s_client: ApiClient, kube_config: str, namespace: str,
-             tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
-    """The operator, running as its least-privilege ServiceAccount, watching `namespace`."""
-    kubeconfig = service_account_kubeconfig(k8s_client, kube_config, namespace, tmp_path / "operator.kubeconfig")
-    process = LocalOperator(namespace, kubeconfig, tmp_path / "operator.log").start()
+@contextlib.contextmanager
+def running_operator(api: ApiClient, admin_config: str, namespace: str, folder: pathlib.Path,
+                     args: tuple[str, ...] = ()) -> Iterator[LocalOperator]:
+    """The operator, running as its least-privilege ServiceAccount, watching `namespace`;
+    its log's tail is printed when it stops (pytest shows it for a failed test)."""
+    kubeconfig = service_account_kubeconfig(api, admin_config, namespace, folder / "operator.kubeconfig")
+    process = LocalOperator(namespace, kubeconfig, folder / "operator.log", args=args).start()
     try:
         yield process
     finally:
         process.stop()
         print(f"--- operator log tail ({namespace})\n{process.log_tail()}")
+
+
+@pytest.fixture
+def operator(t2i_crd: str, k8s_client: ApiClient, kube_config: str, namespace: str,
+             tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
+    with running_operator(k8s_client, kube_config, namespace, tmp_path) as process:
+        yield process
 
 
 @dataclass
