@@ -42,8 +42,9 @@ def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_mod
             time.sleep(0.05)
         stack.base.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        time.sleep(0.5)
-        assert not check_health(stack.base.target), "NOT_SERVING (or gone) as soon as it drains"
+        while check_health(stack.base.target):  # the signal handler waits for the GIL on a busy machine
+            assert time.monotonic() - signalled < 10, "still SERVING 10 s after SIGTERM: it never drains"
+            time.sleep(0.1)
         with pytest.raises(grpc.RpcError) as refused:
             generate(stack.base.target, generate_request("another", steps=1), timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
