@@ -62,3 +62,12 @@ def fleet_operator(fleet: TestBed, fleet_client: ApiClient, fleet_namespace: str
                    tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
     with running_operator(fleet_client, str(fleet.kubeconfig), fleet_namespace, tmp_path) as process:
         yield process
+
+
+@pytest.fixture
+def scaling_operator(fleet: TestBed, fleet_client: ApiClient, fleet_namespace: str,
+                     tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
+    """The operator pointing KEDA at the fleet's Prometheus, polling every 2 s."""
+    args = ("--prometheus-url", fleet.prometheus_url(), "--autoscaling-polling-interval", "2")
+    with running_operator(fleet_client, str(fleet.kubeconfig), fleet_namespace, tmp_path, args) as process:
+        yield process

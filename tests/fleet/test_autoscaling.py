@@ -9,18 +9,14 @@ ControlNet pool scales on the sum of its members' demand.
 from __future__ import annotations
 
 import datetime
-import pathlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from kubernetes.client import ApiClient
 
 from swiftdiffusion.operator import render
 from swiftdiffusion.operator.local_process import LocalOperator
 from tests.fleet.traffic import Load, ready_pods, served_requests, service_target
-from tests.reconcile.fixtures import Cluster, running_operator
+from tests.reconcile.fixtures import Cluster
 from tests.testbed import processes
 from tests.testbed.cluster import TestBed
 from tests.testbed.fleet import model_store, prometheus
@@ -28,15 +24,6 @@ from tests.testbed.waiting import eventually
 
 SCALING = {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetInFlightPerReplica": 1,
            "scaleDownStabilizationSeconds": 15}
-
-
-@pytest.fixture
-def scaling_operator(fleet: TestBed, fleet_client: ApiClient, fleet_namespace: str,
-                     tmp_path: pathlib.Path) -> Iterator[LocalOperator]:
-    """The operator pointing KEDA at the fleet's Prometheus, polling every 2 s."""
-    args = ("--prometheus-url", fleet.prometheus_url(), "--autoscaling-polling-interval", "2")
-    with running_operator(fleet_client, str(fleet.kubeconfig), fleet_namespace, tmp_path, args) as process:
-        yield process
 
 
 def example(name: str) -> dict[str, Any]:

@@ -5,7 +5,8 @@ import pytest
 
 from swiftdiffusion.operator import autoscaling, render
 from swiftdiffusion.planner import fleet, service
-from swiftdiffusion.planner.simulate import Simulation
+from swiftdiffusion.planner.host import SharedHost
+from swiftdiffusion.planner.simulate import Simulation, SimulationError
 from swiftdiffusion.planner.trace import Request
 from tests.planner.helpers import PROFILE, workflow
 
@@ -127,3 +128,35 @@ def test_a_busy_controlnet_replica_slows_every_session_on_it() -> None:
     w = service.Work(steps=10, pixels=64 * 64, controlnets=3, lora_ks=())
     alone, crowded = service.decoupled(PROFILE, w, 1.0), service.decoupled(PROFILE, w, 2.0)
     assert crowded.seconds - alone.seconds == pytest.approx(10 * 3 * 0.08)
+
+
+def test_a_shared_host_slows_every_job_once_its_cores_are_busy() -> None:
+    host = SharedHost(cores=2)
+    for name in ("a", "b", "c", "d"):  # four jobs of 1 s on two cores: each runs at half speed
+        host.add(0.0, 1.0, 1.0, name)
+    assert host.next_finish() == pytest.approx(2.0)
+    assert host.finished(2.0) == ["a", "b", "c", "d"]
+    host.add(2.0, 1.0, 1.0, "e")  # alone again: full speed
+    assert host.next_finish() == pytest.approx(3.0)
+
+
+def test_on_a_shared_host_two_busy_replicas_of_one_core_each_take_twice_as_long() -> None:
+    wfs = [workflow("w", base_pool={"replicas": 2})]
+    plan = fleet.build(wfs)
+    together = Simulation(plan, wfs, PROFILE, shared_cores=1).run(every(0.0, 2))
+    assert latencies(together) == pytest.approx([2 * SERVICE] * 2)
+    apart = Simulation(plan, wfs, PROFILE, shared_cores=2).run(every(0.0, 2))
+    assert latencies(apart) == pytest.approx([SERVICE] * 2)
+
+
+def test_the_hpa_leaves_replicas_alone_within_its_tolerance() -> None:
+    scaled = {"autoscaling": {"enabled": True, "minReplicas": 10, "maxReplicas": 20, "targetInFlightPerReplica": 1,
+                              "scaleDownStabilizationSeconds": 0}}
+    # 11 requests in flight at the first sync: 11 / 10 is within 10% of the target, no new replica.
+    result = run([workflow("w", base_pool=scaled)], every(0.0, 11) + [Request(14.0, "w", (), (), 100, 64, 64)])
+    assert [n for _, n in result.pools["swd-w-base"].timeline] == [10]
+
+
+def test_a_request_for_a_pool_without_replicas_is_an_error_not_a_crash() -> None:
+    with pytest.raises(SimulationError, match="swd-w-base has no replicas"):
+        run([workflow("w", base_pool={"replicas": 0})], every(1.0, 1))

@@ -32,6 +32,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--design", choices=("applied", "monolithic", "decoupled", "shared", "compare"),
                         default="applied", help="the workflows as written, one alternative, or all three compared")
     parser.add_argument("--slo-seconds", type=float, default=10.0)
+    parser.add_argument("--shared-cores", type=float, metavar="N",
+                        help="every replica shares one host of N cores (a CPU test bed; time-sliced GPUs); "
+                             "default: each replica has its own GPUs")
     parser.add_argument("--out", type=Path, default=Path("out/simulate"))
 
 
@@ -60,6 +63,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from swiftdiffusion.planner import compare, profile, trace, workflows
+    from swiftdiffusion.planner.simulate import SimulationError
 
     try:
         wfs = workflows.load(args.workflows)
@@ -72,9 +76,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}-", dir=args.out.parent))
     trace.write(staging / "trace.csv", requests)
-    rows = [compare.run_design(wfs, requests, prof, design, args.slo_seconds,
-                               staging if len(designs) == 1 else staging / design)
-            for design in designs]
+    try:
+        rows = [compare.run_design(wfs, requests, prof, design, args.slo_seconds,
+                                   staging if len(designs) == 1 else staging / design, args.shared_cores)
+                for design in designs]
+    except SimulationError as e:
+        shutil.rmtree(staging)
+        print(f"swiftdiffusion simulate: {e}", file=sys.stderr)
+        return 2
     (staging / "comparison.csv").write_text(compare.table_csv(rows))
     shutil.rmtree(args.out, ignore_errors=True)
     staging.rename(args.out)  # nothing is half-written: the outputs appear together

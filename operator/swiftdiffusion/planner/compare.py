@@ -23,15 +23,15 @@ class Row:
 
 
 def simulate(workflows: Sequence[m.Workflow], requests: Sequence[Request], profile: Profile,
-             design: str) -> tuple[Simulation, Result]:
+             design: str, shared_cores: float | None = None) -> tuple[Simulation, Result]:
     plan = fleet.build(workflows) if design == "applied" else fleet.design(workflows, design)
-    sim = Simulation(plan, workflows, profile, monolithic=design == "monolithic")
+    sim = Simulation(plan, workflows, profile, monolithic=design == "monolithic", shared_cores=shared_cores)
     return sim, sim.run(requests)
 
 
 def run_design(workflows: Sequence[m.Workflow], requests: Sequence[Request], profile: Profile, design: str,
-               slo_seconds: float, folder: Path) -> Row:
-    _, result = simulate(workflows, requests, profile, design)
+               slo_seconds: float, folder: Path, shared_cores: float | None = None) -> Row:
+    _, result = simulate(workflows, requests, profile, design, shared_cores)
     summary = report.summary(result, slo_seconds)
     report.write(folder, result, summary)
     met = sum(w["slo_attainment"] * w["requests"] for w in summary["workflows"].values()) / max(1, len(requests))

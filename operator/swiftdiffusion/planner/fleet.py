@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator import render
-from swiftdiffusion.operator.autoscaling import DEFAULT as SCALING
+
+# kube-controller-manager's --horizontal-pod-autoscaler-sync-period default: the HPA reads the
+# metric and resizes at this period; KEDA's pollingInterval only decides activation from zero,
+# which the CRD refuses (minReplicas >= 1 when autoscaling is on).
+HPA_SYNC_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class Fleet:
     pools: dict[str, PoolModel]
     base_pool: dict[str, str]  # workflow -> its base pool
     controlnet_pool: dict[str, str | None]  # workflow -> the pool running its ControlNets
-    polling_interval: float = SCALING.polling_interval_seconds
+    sync_period: float = HPA_SYNC_SECONDS
 
 
 def _pool_model(plan: render.PoolPlan, cache_bytes: int) -> PoolModel:

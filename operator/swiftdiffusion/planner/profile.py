@@ -28,6 +28,7 @@ class Profile(BaseModel):
     encoder_fraction: float  # share of a base step in the UNet encoder + middle block
     controlnet_step_seconds: float  # one ControlNet's forward for one step (both CFG branches)
     residual_transfer_seconds: float  # per step, base <-> ControlNet pod (decoupled designs)
+    controlnet_open_seconds: float = 0.0  # per ControlNet and request: session set-up, control image embedded
     fixed_seconds: float  # per request outside the loop: prompt encoding, VAE decode
     latent_parallel_speedup: float  # a step's speed-up when the CFG branches run on two GPUs
     controlnet_load_seconds: float  # a cache miss: one ControlNet's weights into GPU memory

@@ -70,9 +70,20 @@ def decoupled(p: Profile, w: Work, controlnet_slowdown: float = 1.0) -> Timing:
     scale = w.pixels / (p.reference_width * p.reference_height)
     step = decoupled_step(p, w, controlnet_slowdown)
     blocked = bal_blocked(p, w.lora_ks, step)
-    seconds = (p.fixed_seconds * scale + w.controlnet_misses * p.controlnet_load_seconds + w.steps * step
+    seconds = ((p.fixed_seconds + w.controlnets * p.controlnet_open_seconds) * scale
+               + w.controlnet_misses * p.controlnet_load_seconds + w.steps * step
                + blocked + len(w.lora_ks) * p.lora_merge_seconds)
     return Timing(seconds, blocked)
+
+
+def cpu_seconds(p: Profile, w: Work, timing: Timing, controlnet_slowdown: float = 1.0) -> float:
+    """The compute a decoupled request keeps busy while it holds its replica: the base replica
+    except while it waits for residuals, plus its ControlNets on their pod."""
+    if not w.controlnets:
+        return timing.seconds
+    scale = w.pixels / (p.reference_width * p.reference_height)
+    waiting = w.steps * (decoupled_step(p, w, controlnet_slowdown) - _base_step(p, w))
+    return timing.seconds - waiting + w.steps * w.controlnets * p.controlnet_step_seconds * scale
 
 
 def monolithic(p: Profile, w: Work) -> Timing:

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from swiftdiffusion.planner import cli as planner
+from swiftdiffusion.runtime.dev import service_profile
 from swiftdiffusion.runtime.lora.profile import add_arguments as add_profile_arguments
 from swiftdiffusion.runtime.lora.profile import run as run_profile
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--controlnet", action="append", default=[], metavar="NAME=IMAGE[@SCALE]")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME[@SCALE]")
     gen.add_argument("--timeout", type=float, default=600.0)
+    service_profile.add_arguments(commands.add_parser(
+        "profile", help="measure the planner's service-time profile on the real runtime (this machine)"))
     profile = commands.add_parser("profile-lora", help="profile BAL's bound K for a (base model, LoRA) pair")
     add_profile_arguments(profile)
     build = commands.add_parser("build-models", help="build an SDXL-architecture model set offline")
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "generate": _generate,
         "build-models": _build,
         "profile-lora": run_profile,
+        "profile": service_profile.run,
         "trace": planner.run_trace,
         "simulate": planner.run_simulate,
     }[args.command](args)

@@ -1,0 +1,208 @@
+"""`swiftdiffusion profile`: the planner's service-time profile, measured on the real runtime.
+
+The base and ControlNet services run as the pods run them (their own processes, one
+intra-op thread each) on a model set; requests with 0-3 ControlNets and with LoRAs are
+sent one at a time, and every field of `planner.profile.Profile` is derived from the
+replies' phase timings and the services' own /metrics, so nothing in the profile is typed
+in. What one machine cannot measure (latent parallelism needs a second device) is named
+in `source`.
+
+Per step, the base loop sends the latent, runs the UNet encoder, waits for the residuals,
+runs the decoder; so the encoder is the residual round trip less the wait, and the wire's
+share is the round trip less the ControlNet service's own compute.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from swiftdiffusion.runtime import metric_names as names
+from swiftdiffusion.runtime.client import GenerateReply, generate, generate_request
+from swiftdiffusion.runtime.config import Defaults, LoraEntry
+from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
+
+CONTROL_COUNTS = (0, 1, 2, 3)
+LORAS = ("profile-a", "profile-b")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", type=Path, default=Path(".models"), help="model set folder (built if missing)")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels (the profile's reference)")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="requests per set-up (the median is kept)")
+    parser.add_argument("--out", type=Path, default=Path("out/profile.json"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from swiftdiffusion.runtime.dev.model_factory import build_model_set
+
+    if args.repeats < 1 or args.steps < 1 or args.size < 8:
+        print("swiftdiffusion profile: --repeats and --steps must be >= 1 and --size >= 8", file=sys.stderr)
+        return 2
+    models = build_model_set(args.models, "tiny") if not (args.models / "base").is_dir() else args.models
+    profile = measure(models, size=args.size, steps=args.steps, repeats=args.repeats, log=print)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial")
+    partial.write_text(json.dumps(profile, indent=2) + "\n")
+    partial.replace(args.out)
+    for key, value in profile.items():
+        if key != "source":
+            print(f"  {key:28s} {value}")
+    print(f"profile -> {args.out}")
+    return 0
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of a service's /metrics, summed over labels other than the sample name
+    (`kind` is kept: base and ControlNet model loads are different things)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.name + (f"{{kind={sample.labels['kind']}}}" if "kind" in sample.labels else "")
+            out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def _mean(after: dict[str, float], before: dict[str, float], histogram: str, kind: str = "") -> float:
+    """The mean observation of a histogram between two scrapes (0 when nothing was observed)."""
+    labels = f"{{kind={kind}}}" if kind else ""
+    count = after.get(f"{histogram}_count{labels}", 0.0) - before.get(f"{histogram}_count{labels}", 0.0)
+    total = after.get(f"{histogram}_sum{labels}", 0.0) - before.get(f"{histogram}_sum{labels}", 0.0)
+    return total / count if count else 0.0
+
+
+@dataclass
+class Sample:
+    """One request: its phase timings and what each service observed while it ran."""
+
+    timings: dict[str, float]
+    round_trip: float  # per step, latent sent to residuals received (base side)
+    controlnet_compute: float  # per step, the ControlNet service's own compute
+
+
+@dataclass
+class Probe:
+    """Sends one kind of request and keeps its samples."""
+
+    target: str
+    ports: tuple[int, int]  # (base, ControlNet) metrics
+    request: Callable[[int], object]
+    samples: list[Sample] = field(default_factory=list)
+
+    def once(self, seed: int) -> Sample:
+        before = [scrape(p) for p in self.ports]
+        reply: GenerateReply = generate(self.target, self.request(seed), timeout=600)
+        base, cn = [scrape(p) for p in self.ports]
+        sample = Sample(reply.timings, _mean(base, before[0], names.RESIDUAL_TRANSFER_SECONDS),
+                        _mean(cn, before[1], names.STEP_SECONDS))
+        self.samples.append(sample)
+        return sample
+
+    def median(self, value: Callable[[Sample], float]) -> float:
+        return statistics.median(value(s) for s in self.samples)
+
+
+def _control_image(size: int, variant: int) -> bytes:
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size))
+    ImageDraw.Draw(image).rectangle([size // (4 + variant), size // 4, size - size // 5, size - size // 3],
+                                    outline="white", width=2)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def measure(models: Path, *, size: int, steps: int, repeats: int,
+            log: Callable[[str], None] = lambda _: None) -> dict[str, object]:
+    """The profile as a dict of `planner.profile.Profile` fields (validated by the planner)."""
+    from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set
+
+    controlnets = sorted(p.name for p in (models / "controlnets").iterdir())[: max(CONTROL_COUNTS)]
+    loras = [LoraEntry(name=n, source=str(lora_for_model_set(models, n)), k=steps) for n in LORAS]
+    options = StackOptions.on_free_ports(models, threads=1, loras=loras,
+                                         defaults=Defaults(steps=steps, guidance_scale=5.0, width=size, height=size))
+    images = [_control_image(size, i) for i in range(len(controlnets))]
+    with tempfile.TemporaryDirectory(prefix="swiftdiffusion-profile-") as folder:
+        started = time.monotonic()
+        with local_stack(options, Path(folder)) as stack:
+            pod_start = time.monotonic() - started
+            log(f"both services serving after {pod_start:.1f} s")
+            ports = (options.base_metrics_port, options.controlnet_metrics_port)
+
+            def request(count: int, lora: int = 0) -> Callable[[int], object]:
+                return lambda seed: generate_request(
+                    "a red cube", seed=seed, steps=steps, width=size, height=size, guidance_scale=5.0,
+                    controlnets=[(controlnets[i], images[i], None) for i in range(count)],
+                    loras=[(n, None) for n in LORAS[:lora]])
+
+            probes = {f"{n} ControlNets": Probe(stack.base.target, ports, request(n)) for n in CONTROL_COUNTS}
+            probes |= {f"{n} LoRAs": Probe(stack.base.target, ports, request(0, n)) for n in (1, 2)}
+            for probe in probes.values():  # warm-up: every model loaded, every code path run once
+                probe.once(seed=0)
+                probe.samples.clear()
+            cn_metrics, base_metrics = scrape(options.controlnet_metrics_port), scrape(options.base_metrics_port)
+            for round_ in range(repeats):  # interleaved, so drift falls on every set-up alike
+                for name, probe in probes.items():
+                    sample = probe.once(seed=1 + round_)
+                    log(f"round {round_ + 1}/{repeats} {name}: {sample.timings.get('total', 0.0):.3f} s")
+    return derive(probes, steps, size, pod_start, cn_metrics, base_metrics,
+                  resident_controlnets=len(controlnets))
+
+
+def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn_metrics: dict[str, float], base_metrics: dict[str, float], resident_controlnets: int) -> dict[str, object]:
+    """Profile fields from the samples (medians over the rounds)."""
+    plain = probes["0 ControlNets"]
+    base_step = plain.median(lambda s: s.timings["denoise"] / steps)
+    fixed = plain.median(lambda s: s.timings["total"] - s.timings.get("queue", 0.0) - s.timings["denoise"])
+    with_cn = [(n, probes[f"{n} ControlNets"]) for n in CONTROL_COUNTS if n]
+    cn_step = statistics.median(p.median(lambda s: s.controlnet_compute) / n for n, p in with_cn)
+    transfer = statistics.median(p.median(lambda s: max(0.0, s.round_trip - s.controlnet_compute)) for _, p in with_cn)
+    open_per_cn = statistics.median(p.median(lambda s: s.timings.get("controlnet_open", 0.0)) / n for n, p in with_cn)
+    # The encoder is the round trip less the wait, seen where the loop waited at all; where it
+    # never waited, the ControlNets are faster than the encoder and the biggest round trip bounds it.
+    waited = [p.median(lambda s: s.round_trip - s.timings.get("residual_wait", 0.0) / steps)
+              for _, p in with_cn if p.median(lambda s: s.timings.get("residual_wait", 0.0)) > 0.01 * steps * base_step]
+    encoder = statistics.median(waited) if waited else max(p.median(lambda s: s.round_trip) for _, p in with_cn)
+    merges = [(probes[f"{n} LoRAs"].median(lambda s: s.timings["denoise"]) - plain.median(lambda s: s.timings["denoise"]))
+              / n for n in (1, 2)]
+    lora_load = _mean(base_metrics, {}, names.LORA_LOAD_SECONDS)
+    merge = max(0.0, statistics.mean(merges))
+    controlnet_load = _mean(cn_metrics, {}, names.MODEL_LOAD_SECONDS, kind="controlnet")
+    return {
+        "source": (f"measured by `swiftdiffusion profile` on {datetime.date.today().isoformat()}: the runtime's "
+                   f"services on this machine, one intra-op thread each, {size} px, {steps} steps, medians of "
+                   f"{len(plain.samples)} interleaved rounds, from the replies' phase timings and the services' "
+                   f"/metrics; latent_parallel_speedup is not measured (it needs a second device: see "
+                   f"bench/cfg_bench.py) and is 1.0; monolithic_lora_seconds is our load plus merge before the loop"),
+        "reference_width": size,
+        "reference_height": size,
+        "base_step_seconds": base_step,
+        "encoder_fraction": min(1.0, encoder / base_step),
+        "controlnet_step_seconds": cn_step,
+        "residual_transfer_seconds": transfer,
+        "controlnet_open_seconds": open_per_cn,
+        "fixed_seconds": fixed,
+        "latent_parallel_speedup": 1.0,
+        "controlnet_load_seconds": controlnet_load,
+        "controlnet_bytes": int(cn_metrics.get(names.CONTROLNET_RESIDENT_BYTES, 0.0) / resident_controlnets),
+        "lora_load_seconds": lora_load,
+        "lora_merge_seconds": merge,
+        "monolithic_lora_seconds": lora_load + merge,
+        "pod_start_seconds": pod_start,
+    }
