@@ -74,6 +74,27 @@ def requested(audit_log: pathlib.Path, user: str) -> tuple[set[Grant], list[str]
     return used, refused
 
 
+def mount_fails(cluster: Cluster, pool: str) -> None:
+    """A Ready pod of `pool` waits for a volume that cannot be mounted, written as a kubelet
+    would (kwok's nodes mount nothing): its container waiting in ContainerCreating and a
+    FailedMount event. Its phase stays Running: kwok would make a Pending pod Ready again."""
+    pod = wait_until(lambda: next((p for p in cluster.pods(pool) if any(
+        c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))), None))
+    meta, container = pod["metadata"], pod["spec"]["containers"][0]
+    waiting = {"name": container["name"], "image": container["image"], "imageID": "", "ready": False,
+               "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}, "running": None}}
+    status = {"conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [waiting]}
+    kube.request(cluster.api, "PATCH", f"/api/v1/namespaces/{cluster.namespace}/pods/{meta['name']}/status",
+                 body={"status": status}, content_type="application/strategic-merge-patch+json")
+    kube.request(cluster.api, "POST", f"/api/v1/namespaces/{cluster.namespace}/events", body={
+        "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": f"{meta['name']}."},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "namespace": cluster.namespace,
+                           "uid": meta["uid"]},
+        "reason": "FailedMount", "type": "Warning", "source": {"component": "kubelet"},
+        "message": 'MountVolume.SetUp failed for volume "models" : hostPath type check failed: /data/models is not '
+                   "a directory"})
+
+
 def install(helm: Helm, kube_config: str, release: str, namespace: str, chart: pathlib.Path = CHART) -> str:
     """The chart, watching `namespace`, without waiting for its (kwok-run) operator pod:
     the tests run the operator themselves. Returns the ServiceAccount's name."""
@@ -103,8 +124,9 @@ def test_the_chart_grants_exactly_the_rules_and_the_operator_uses_every_grant(
     """Beyond what every ServiceAccount may do (a fresh one with no binding is the baseline),
     the chart's account may do exactly `rbac.RULES`: no wildcard, no Secrets; and each of those
     grants was requested by the operator while it created, updated, shared, pruned and deleted
-    pools and turned a pool's autoscaling on and off (KEDA's API served, no KEDA running;
-    finalizers `update` is checked by admission on blockOwnerDeletion, never requested)."""
+    pools, turned a pool's autoscaling on and off (KEDA's API served, no KEDA running) and
+    explained a pod that cannot mount its volume (finalizers `update` is checked by admission
+    on blockOwnerDeletion, never requested)."""
     account = install(helm, kube_config, release, namespace)
     kube.request(k8s_client, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
                  body={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody"}})
@@ -134,6 +156,8 @@ def test_the_chart_grants_exactly_the_rules_and_the_operator_uses_every_grant(
         cluster.delete_workflow("character-poses")
         wait_until(lambda: cluster.get("apps/v1", "Deployment", "swd-cn-shared")["metadata"]["annotations"]
                    [render.SERVED_CONTROLNETS] == "canny,depth")
+        mount_fails(cluster, render.base_pool_name("product-shots"))  # its pods' events are read
+        wait_until(lambda: cluster.condition("product-shots").get("reason") == "VolumeMountFailed")
     finally:
         operator.stop()
 
@@ -186,6 +210,7 @@ NEEDED = [
     pytest.param(m.GROUP, m.PLURAL, "watch", LOG, True, id="watch-workflows"),
     pytest.param("", "events", "create", LOG, False, id="post-an-event"),
     pytest.param("", "pods", "list", LOG, False, id="diagnose-a-pool"),
+    pytest.param("", "events", "list", LOG, False, id="diagnose-a-volume"),
 ]
 
 
@@ -211,6 +236,9 @@ def test_a_verb_removed_from_the_charts_rules_is_reported_naming_it(
         if verb == "delete":  # only a pool the workflow stops using is deleted
             cluster.wait_ready("wf")
             cluster.apply_workflow(workflow("wf", controlnets=()))
+        if (resource, verb) == ("events", "list"):  # read only for a pod waiting for its volumes
+            cluster.wait_ready("wf")
+            mount_fails(cluster, render.base_pool_name("wf"))
 
         def reported() -> bool:
             text = cluster.condition("wf").get("message", "") if where == CONDITION else operator.log_tail(200)

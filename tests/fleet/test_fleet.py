@@ -1,6 +1,7 @@
 """The operator's pools run for real on the fleet: every example serves through its Service
 name, ControlNet sessions spread over the pool and follow it as it scales, rolling
-updates and scale-downs lose no request, and broken pods end in a state that says why.
+updates and scale-downs lose no request, and broken pods end in a state that says why (a
+model store that cannot be mounted included).
 
 Clients resolve names through the fleet's CoreDNS (`dns://<cluster DNS>/…`), reach a base
 pool's ClusterIP through the fleet's service proxy, and base pods reach their ControlNet
@@ -8,6 +9,7 @@ pool through its headless Service, as in a cluster.
 """
 from __future__ import annotations
 
+import pathlib
 import statistics
 import time
 from typing import Any
@@ -144,3 +146,33 @@ def test_broken_pods_say_why_and_the_rest_keep_serving(fleet: TestBed, fleet_clu
     target = service_target(fleet, fleet_cluster.namespace, render.base_pool_name("sdxl-canny-depth"))
     assert generate(target, small_request(healthy), timeout=120).png.startswith(PNG)
     assert fleet_cluster.condition("sdxl-canny-depth")["status"] == "True"
+
+
+def test_a_model_store_that_cannot_be_mounted_is_named(fleet: TestBed, fleet_cluster: Cluster,
+                                                       fleet_operator: LocalOperator, tmp_path: pathlib.Path) -> None:
+    """The model store's claim is bound to a hostPath that does not exist: the pods stay in
+    ContainerCreating, the kubelet posts FailedMount, and the workflow names the volume and path."""
+    missing = tmp_path / "no-such-store"
+    volume = model_store.bind_claim(fleet.api(), fleet_cluster.namespace, missing, claim="missing-models")
+    try:
+        example = next(w for w in model_store.example_workflows() if w["metadata"]["name"] == "sdxl-canny-depth")
+        spec = example["spec"]
+        fleet_cluster.apply_workflow({**example, "metadata": {"name": "unmountable"}, "spec": {
+            **spec, "modelStore": {**spec["modelStore"], "claimName": "missing-models"},
+            "basePool": {**spec["basePool"], "replicas": 1}}})
+        ready = eventually(lambda: (c := fleet_cluster.condition("unmountable")).get("reason") == "VolumeMountFailed"
+                           and c["message"].startswith("base pool") and c, timeout=120)  # the first of two pools
+        pod = fleet_cluster.pods(render.base_pool_name("unmountable"))[0]
+        assert pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
+        assert ready["status"] == "False"
+        assert ready["message"] == (f"base pool swd-unmountable-base: 1 of 1 pods: pod {pod['metadata']['name']} "
+                                    f'cannot mount volume: MountVolume.SetUp failed for volume "models": hostPath '
+                                    f"{missing} does not exist")
+        assert fleet_cluster.condition("unmountable", "Degraded")["reason"] == "VolumeMountFailed"
+        assert fleet_cluster.condition("unmountable", "Stalled")["status"] == "False", "a claim may still bind"
+        columns, rows = fleet_cluster.table()
+        assert rows["unmountable"][columns.index("Reason")] == "VolumeMountFailed", "kubectl get t2i shows it"
+        assert [e for e in fleet_cluster.list("v1", "events") if e["involvedObject"]["kind"] == "T2IWorkflow"
+                and e["reason"] == "VolumeMountFailed" and e["type"] == "Warning"]
+    finally:
+        fleet.api().request("DELETE", f"/api/v1/persistentvolumes/{volume}")

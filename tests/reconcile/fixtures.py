@@ -182,6 +182,14 @@ class Cluster:
 
         return eventually(ready, timeout=timeout)
 
+    def table(self, wide: bool = False) -> tuple[list[str], dict[str, list[Any]]]:
+        """What `kubectl get t2i` prints: the server-side Table built from the CRD's printer columns."""
+        table = kube.request(self.api, "GET", WORKFLOWS.format(ns=self.namespace),
+                             accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+        shown = [i for i, c in enumerate(table["columnDefinitions"]) if wide or c["priority"] == 0]
+        columns = [table["columnDefinitions"][i]["name"] for i in shown]
+        return columns, {row["cells"][0]: [row["cells"][i] for i in shown] for row in table["rows"]}
+
     def pods(self, pool: str) -> list[dict[str, Any]]:
         return self.list("v1", "pods", f"swiftdiffusion.io/pool={pool}")
 

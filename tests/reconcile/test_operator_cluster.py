@@ -23,15 +23,6 @@ def _workflow(name: str, **spec: Any) -> dict[str, Any]:
             "spec": {"base": {"model": BASE_MODEL}, **spec}}
 
 
-def _table(cluster: Cluster, wide: bool = False) -> tuple[list[str], dict[str, list[Any]]]:
-    """What `kubectl get t2i` prints: the server-side Table built from the CRD's printer columns."""
-    path = f"/apis/swiftdiffusion.io/v1alpha1/namespaces/{cluster.namespace}/t2iworkflows"
-    table = kube.request(cluster.api, "GET", path, accept="application/json;as=Table;v=v1;g=meta.k8s.io")
-    shown = [i for i, c in enumerate(table["columnDefinitions"]) if wide or c["priority"] == 0]
-    columns = [table["columnDefinitions"][i]["name"] for i in shown]
-    return columns, {row["cells"][0]: [row["cells"][i] for i in shown] for row in table["rows"]}
-
-
 @pytest.fixture
 def model_volume(cluster: Cluster) -> Iterator[str]:
     """A pre-bound PersistentVolume + claim `sdxl-models`, as an admin provides the model store."""
@@ -74,10 +65,10 @@ def test_examples_become_ready_with_pods_on_allowed_gpu_nodes(operator: LocalOpe
     assert lp["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert cluster.workflow("product-shots")["status"]["controlnetPool"]["name"] == "swd-cn-shared"
 
-    columns, rows = _table(cluster)
+    columns, rows = cluster.table()
     assert columns == ["Name", "Ready", "Reason", "Base", "ControlNet", "Age"]
     assert rows["sdxl-canny-depth"][1:5] == ["True", "PoolsReady", "2/2", "1/1"]
-    wide_columns, wide_rows = _table(cluster, wide=True)
+    wide_columns, wide_rows = cluster.table(wide=True)
     assert {"Reason", "Model", "ControlNet-Pool", "Latent-Parallelism"} <= set(wide_columns)
     assert wide_rows["sdxl-latent-parallel"][wide_columns.index("Latent-Parallelism")] == "Enabled"
 
@@ -353,7 +344,7 @@ def test_unschedulable_pool_reports_the_schedulers_reason(operator: LocalOperato
     assert ready["message"].startswith("base pool swd-wf-base: 1 of 1 pods: unschedulable: 0/")
     assert "node affinity" in ready["message"], "the scheduler's own words"
     assert degraded["status"] == "True" and degraded["reason"] == "Unschedulable"
-    columns, rows = _table(cluster)
+    columns, rows = cluster.table()
     assert rows["wf"][columns.index("Reason")] == "Unschedulable", "kubectl get t2i shows the reason"
     warnings = [e for e in cluster.list("v1", "events") if e["reason"] == "Unschedulable"]
     # One per distinct cause: the scheduler may reword its reason between attempts.

@@ -5,7 +5,13 @@ import copy
 import dataclasses
 from typing import Any
 
-from swiftdiffusion.operator.status import PodProblem, PoolObservation, compute_status, pod_problem
+from swiftdiffusion.operator.status import (
+    PodProblem,
+    PoolObservation,
+    awaiting_volumes,
+    compute_status,
+    pod_problem,
+)
 
 
 def _deployment(desired: int, ready: int, updated: int | None = None, generation: int = 1,
@@ -99,6 +105,60 @@ def test_pod_problems_name_the_cause_in_the_order_a_user_fixes_them() -> None:
                          "(containers with unready status)")
     assert pod_problem([loading]) is None, "a pod still loading its model (startup probe) is not failing"
     assert pod_problem([_pod(), _pod("Running", running=True)]) is None, "pods still starting are not a problem"
+
+
+def _creating(name: str) -> dict:
+    """A scheduled pod whose container waits to be created (a kubelet mounting its volumes)."""
+    pod = _pod(conditions=[{"type": "PodScheduled", "status": "True"}], waiting={"reason": "ContainerCreating"})
+    pod["metadata"] = {"name": name, "uid": f"uid-{name}"}
+    return pod
+
+
+def _event(pod: str, reason: str, at: str, message: str = "", **fields: object) -> dict:
+    return {"involvedObject": {"kind": "Pod", "name": pod, "uid": f"uid-{pod}"}, "reason": reason,
+            "message": message, "lastTimestamp": at, **fields}
+
+
+FAILED_MOUNT = 'MountVolume.SetUp failed for volume "models" : hostPath   /data/models does not exist'
+
+
+def test_a_pod_that_cannot_mount_its_volume_says_so_from_its_newest_event() -> None:
+    pods = [_creating("a"), _creating("b")]
+    mount = _event("a", "FailedMount", "2030-01-01T00:00:05Z", FAILED_MOUNT)
+    assert awaiting_volumes(pods) == ["a", "b"], "their status cannot tell: read their events"
+    assert pod_problem(pods) is None and pod_problem(pods, []) is None, "no events: still starting"
+    assert pod_problem(pods, [mount]) == PodProblem(
+        "VolumeMountFailed", '1 of 2 pods: pod a cannot mount volume: MountVolume.SetUp failed for volume "models" '
+                             ': hostPath /data/models does not exist')
+    # Attach failures count too; the scheduler's event, though newer (micro- against whole seconds), does not.
+    attach = _event("b", "FailedAttachVolume", "", "AttachVolume.Attach failed for volume \"pv-1\"",
+                    eventTime="2030-01-01T00:00:04.000000Z")
+    scheduled = _event("b", "Scheduled", "", "Successfully assigned", eventTime="2030-01-01T00:00:04.900000Z")
+    assert pod_problem(pods, [mount, attach, scheduled]).message.startswith("2 of 2 pods: pod a cannot mount")
+    # A newer event past the volumes (the image pulling), a repeat in `series`, another pod of that name.
+    pulling = _event("a", "Pulling", "2030-01-01T00:00:06Z", "Pulling image")
+    assert pod_problem(pods, [mount, pulling]) is None, "its volumes are mounted: the image is on its way"
+    repeated = {**mount, "series": {"count": 3, "lastObservedTime": "2030-01-01T00:00:07.000000Z"}}
+    assert pod_problem(pods, [repeated, pulling]).reason == "VolumeMountFailed"
+    earlier_pod = {**mount, "involvedObject": {**mount["involvedObject"], "uid": "uid-gone"}}
+    assert pod_problem(pods, [earlier_pod]) is None
+    assert pod_problem([_pod("Running", running=True)], [mount]) is None, "a running pod mounted its volumes"
+    base, cn = _pools(_deployment(1, 0), _deployment(1, 1))
+    stuck = dataclasses.replace(base, problem=pod_problem(pods, [mount]))
+    conditions = _conditions(compute_status(1, [stuck, cn], {}, timestamp="t0"))
+    assert conditions["Ready"]["reason"] == conditions["Degraded"]["reason"] == "VolumeMountFailed"
+    assert conditions["Stalled"]["status"] == "False", "a claim still binding mounts on a later try"
+
+
+def test_a_volume_ranks_after_placement_and_image_and_before_crash_loops() -> None:
+    pulling = _pod(waiting={"reason": "ImagePullBackOff"})
+    crashing = _pod("Running", waiting={"reason": "CrashLoopBackOff"})
+    mount = _event("a", "FailedMount", "2030-01-01T00:00:05Z", FAILED_MOUNT)
+    for first, reason in ((UNSCHEDULABLE, "Unschedulable"), (pulling, "ImagePullFailed")):
+        assert awaiting_volumes([_creating("a"), first]) == [], "the pods' events are not needed"
+        assert pod_problem([_creating("a"), first], [mount]).reason == reason
+    assert awaiting_volumes([_creating("a"), crashing]) == ["a"]
+    assert pod_problem([crashing, _creating("a")], [mount]).reason == "VolumeMountFailed"
 
 
 def test_a_pod_problem_sets_ready_reason_and_degraded_until_the_pool_rolls_out() -> None:

@@ -26,6 +26,7 @@ from swiftdiffusion.operator.status import (
     SCALING_ACTIVE,
     PoolObservation,
     ScalingObservation,
+    awaiting_volumes,
     compute_status,
     pod_problem,
     rolled_out,
@@ -174,12 +175,16 @@ class Controller:
         return ScalingObservation(*bounds, SCALING_ACTIVE, f"{bounds[0]}-{bounds[1]} replicas")
 
     def _diagnose(self, pool: PoolObservation) -> PoolObservation:
-        """A pool that is not rolled out gets what its pods say is wrong (one LIST, read-only)."""
+        """A pool that is not rolled out gets what its pods say is wrong (one LIST, read-only), and
+        what their events say while pods wait for their volumes (a second LIST, only then: a
+        volume that cannot be mounted shows in the kubelet's events, not in pod status)."""
         if pool.deployment is None or rolled_out(pool):
             return pool
         namespace = pool.deployment["metadata"]["namespace"]
         pods = kube.list_pods(self.api, namespace, f"{render.POOL_LABEL}={pool.name}")
-        return dataclasses.replace(pool, problem=pod_problem(pods))
+        waiting = awaiting_volumes(pods)
+        events = kube.list_pod_events(self.api, namespace, waiting) if waiting else []
+        return dataclasses.replace(pool, problem=pod_problem(pods, events))
 
     def reconcile_workflow(self, namespace: str, name: str) -> Reconciled:
         body = kube.get(self.api, f"{m.GROUP}/{m.VERSION}", m.KIND, namespace, name)

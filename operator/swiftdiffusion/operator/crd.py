@@ -344,7 +344,8 @@ def _status() -> Schema:
 PRINTER_COLUMNS = [
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-     "description": "why not Ready: Unschedulable, ImagePullFailed, CrashLooping, ProbesFailing, ..."},
+     "description": "why not Ready: Unschedulable, ImagePullFailed, VolumeMountFailed, CrashLooping, "
+                    "ProbesFailing, ..."},
     {"name": "Base", "type": "string", "jsonPath": ".status.basePool.ready", "description": "ready/desired"},
     {"name": "ControlNet", "type": "string", "jsonPath": ".status.controlnetPool.ready",
      "description": "ready/desired"},

@@ -87,6 +87,13 @@ def list_pods(api: ApiClient, namespace: str, label_selector: str) -> list[dict[
     return request(api, "GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": label_selector})["items"]
 
 
+def list_pod_events(api: ApiClient, namespace: str, pods: list[str]) -> list[dict[str, Any]]:
+    """core/v1 Events about `pods`, in one LIST: by name for one pod; for several (a field
+    selector cannot OR names) every Pod's events in the namespace, which the caller matches."""
+    selector = "involvedObject.kind=Pod" + (f",involvedObject.name={pods[0]}" if len(pods) == 1 else "")
+    return request(api, "GET", collection_path("v1", "Event", namespace), query={"fieldSelector": selector})["items"]
+
+
 def list_workflows(api: ApiClient, namespace: str, field_selector: str = "") -> list[dict[str, Any]]:
     path = collection_path(f"{m.GROUP}/{m.VERSION}", m.KIND, namespace)
     return request(api, "GET", path, query={"fieldSelector": field_selector} if field_selector else None)["items"]

@@ -9,11 +9,13 @@ the last member leaving a shared pool; owner references cover deleted workflows)
 patched through its subresource; owner references with blockOwnerDeletion need `update` on
 the workflows' finalizers (OwnerReferencesPermissionEnforcement admission); core/v1 events
 explain what the operator did; a pool that is not ready has its pods listed so status can
-say why (unschedulable, image pull, crash loop, probes); a pool with autoscaling on gets a
-KEDA ScaledObject (applied, read back for its status, deleted when autoscaling is turned
-off; not watched, so no list/watch). Workflows and pods are read-only to
-the operator, and it cannot touch Secrets. tests/chart/test_rbac_cluster.py proves each
-grant is used (the test bed's audit log) and a needed verb removed is reported.
+say why (unschedulable, image pull, crash loop, probes), and the events of pods still waiting
+for their containers (`list`: a volume that cannot be mounted is in the kubelet's FailedMount
+events, not in pod status); a pool with autoscaling on gets a KEDA ScaledObject (applied,
+read back for its status, deleted when autoscaling is turned off; not watched, so no
+list/watch). Workflows and pods are read-only to the operator, and it cannot touch
+Secrets. tests/chart/test_rbac_cluster.py proves each grant is used (the test bed's audit
+log) and a needed verb removed is reported.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": CHILD_VERBS},
     {"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
 ]
 
 

@@ -8,12 +8,17 @@ controller writes nothing.
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass, field
 from typing import Any
+
+from swiftdiffusion.operator.api_errors import shorten
 
 READY, PROGRESSING, DEGRADED, STALLED = "Ready", "Progressing", "Degraded", "Stalled"
 # Degraded reasons that waiting will not fix: kstatus (Flux, `kubectl wait`-style tools)
 # reads Stalled=True as Failed, where Ready=False alone reads as InProgress forever.
+# VolumeMountFailed is not among them: a claim still binding or a volume still attaching
+# mounts on the kubelet's next try, and its FailedMount event reads like a missing path's.
 STALLED_REASONS = ("PoolFailing", "ImagePullFailed", "SharedPoolMismatch")
 AUTOSCALING_READY = "AutoscalingReady"
 SCALING_ACTIVE = "Active"
@@ -23,7 +28,7 @@ SCALING_ACTIVE = "Active"
 class PodProblem:
     """Why a pool's pods are not ready, as its pods say it: a short reason and one sentence."""
 
-    reason: str  # Unschedulable | ImagePullFailed | CrashLooping | ProbesFailing
+    reason: str  # Unschedulable | ImagePullFailed | VolumeMountFailed | CrashLooping | ProbesFailing
     message: str
 
 
@@ -54,21 +59,42 @@ class PoolObservation:
 
 
 # Ready reasons that explain a failure: a Warning event goes with each new one.
-PROBLEM_REASONS = ("ReconcileFailed", "Unschedulable", "ImagePullFailed", "CrashLooping", "ProbesFailing")
+PROBLEM_REASONS = ("ReconcileFailed", "Unschedulable", "ImagePullFailed", "VolumeMountFailed", "CrashLooping",
+                   "ProbesFailing")
 _IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+# Pod events that say a volume is not there: the kubelet's, and the attach/detach controller's.
+VOLUME_EVENTS = ("FailedMount", "FailedAttachVolume")
+# A pod waiting for its containers was scheduled: its scheduling events are older than any mount.
+_SCHEDULING_EVENTS = ("Scheduled", "FailedScheduling")
 
 
-def pod_problem(pods: list[dict[str, Any]]) -> PodProblem | None:
+def pod_problem(pods: list[dict[str, Any]], events: list[dict[str, Any]] | None = None) -> PodProblem | None:
     """The most telling problem among a pool's pods, in the order a user fixes them: a pod
-    that cannot be placed, then one whose image cannot be pulled, one that keeps crashing,
-    one whose probes fail. None when nothing is wrong yet (pods still starting)."""
-    live = [pod for pod in pods if not pod.get("metadata", {}).get("deletionTimestamp")]
-    for check in (_unschedulable, _image_pull, _crash_loop, _probes):
+    that cannot be placed, then one whose image cannot be pulled, one that cannot mount a
+    volume (only its `events` say so: those of the pods `awaiting_volumes` names), one that
+    keeps crashing, one whose probes fail. None when nothing is wrong yet (pods still starting)."""
+    live = _live(pods)
+    volumes = functools.partial(_volume_mount, events=events or [])
+    for check in (*_BEFORE_VOLUMES, volumes, _crash_loop, _probes):
         found = [(pod, detail) for pod in live if (detail := check(pod))]
         if found:
             reason, detail = found[0][1]
             return PodProblem(reason, f"{len(found)} of {len(live)} pods: {detail}")
     return None
+
+
+def awaiting_volumes(pods: list[dict[str, Any]]) -> list[str]:
+    """Names of the live pods whose containers wait to be created, when no cause ranked before a
+    volume applies: pod status does not say that a volume cannot be mounted, only the pods'
+    events do, so the caller reads those for these pods (and only when there are any)."""
+    live = _live(pods)
+    if any(check(pod) for check in _BEFORE_VOLUMES for pod in live):
+        return []
+    return [pod["metadata"]["name"] for pod in live if _creating(pod)]
+
+
+def _live(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [pod for pod in pods if not pod.get("metadata", {}).get("deletionTimestamp")]
 
 
 def _conditions_of(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -96,6 +122,37 @@ def _image_pull(pod: dict[str, Any]) -> tuple[str, str] | None:
             return "ImagePullFailed", f"container {name} cannot pull image {status.get('image', '?')}: " \
                                       f"{waiting['reason']}{detail}"
     return None
+
+
+# Causes ranked before a volume that cannot be mounted: with one of them, pod events are not read.
+_BEFORE_VOLUMES = (_unschedulable, _image_pull)
+
+
+def _creating(pod: dict[str, Any]) -> bool:
+    return any(status["state"]["waiting"].get("reason") == "ContainerCreating" for _, status in _waiting(pod))
+
+
+def _when(event: dict[str, Any]) -> datetime.datetime:
+    """When an event was last seen (a repeated one counts up in `series` or `lastTimestamp`)."""
+    stamp = ((event.get("series") or {}).get("lastObservedTime") or event.get("lastTimestamp")
+             or event.get("eventTime") or event.get("firstTimestamp")
+             or event.get("metadata", {}).get("creationTimestamp"))
+    return datetime.datetime.fromisoformat(stamp) if stamp else datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+
+def _volume_mount(pod: dict[str, Any], events: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """A pod still creating its containers whose newest event (after its scheduling) is a failed
+    mount or attach; a newer one (pulling the image, say) means its volumes are in place."""
+    if not _creating(pod):
+        return None
+    meta = pod["metadata"]
+    own = [e for e in events if e.get("involvedObject", {}).get("name") == meta["name"]
+           and e["involvedObject"].get("uid") in (None, meta.get("uid")) and e.get("reason") not in _SCHEDULING_EVENTS]
+    newest = max(own, key=_when, default=None)
+    if newest is None or newest.get("reason") not in VOLUME_EVENTS:
+        return None
+    return "VolumeMountFailed", f"pod {meta['name']} cannot mount volume: " \
+                                f"{shorten(newest.get('message') or newest['reason'])}"
 
 
 def _crash_loop(pod: dict[str, Any]) -> tuple[str, str] | None:
