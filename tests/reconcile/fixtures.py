@@ -74,7 +74,9 @@ def keda_crds(k8s_client: ApiClient) -> Iterator[list[str]]:
     finally:
         for path in paths:
             kube.request(k8s_client, "DELETE", path)
-        eventually(lambda: not kube.api_served(k8s_client, "keda.sh/v1alpha1"), timeout=60)
+        # A CRD deleted soon after it was made can find its storage still initializing; the
+        # cleanup finalizer retries with back-off, so give it longer than the first wait.
+        eventually(lambda: not kube.api_served(k8s_client, "keda.sh/v1alpha1"), timeout=180)
 
 
 def service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: str, target: pathlib.Path) -> str:
