@@ -15,12 +15,13 @@ def test_simulate_compares_the_designs_on_a_generated_trace(tmp_path: Path, caps
     trace = tmp_path / "trace.csv"
     assert main(["trace", *EXAMPLES, "--shape", "bursty", "--rate", "0.5", "--duration", "300", "--seed", "1",
                  "--out", str(trace)]) == 0
+    capsys.readouterr()
     out = tmp_path / "sim"
     assert main(["simulate", *EXAMPLES, "--trace", str(trace), "--design", "compare", "--out", str(out)]) == 0
-    table = capsys.readouterr().out
-    assert all(design in table for design in ("monolithic", "decoupled", "shared"))
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table[1:4]] == ["monolithic", "shared", "shared-lp"]  # (a), (b), (c)
     rows = list(csv.DictReader((out / "comparison.csv").open()))
-    assert [r["design"] for r in rows] == ["monolithic", "decoupled", "shared"]
+    assert [r["design"] for r in rows] == ["monolithic", "shared", "shared-lp"]
     summary = json.loads((out / "shared" / "summary.json").read_text())
     requests = sum(1 for _ in csv.DictReader(trace.open()))
     assert summary["requests"] == requests > 0
@@ -31,6 +32,22 @@ def test_simulate_compares_the_designs_on_a_generated_trace(tmp_path: Path, caps
         assert (out / "monolithic" / name).stat().st_size > 0
     # Every base pool's replicas cost GPU time from start to the end of the run.
     assert min(p["gpu_hours"] for p in summary["pools"].values()) > 0
+
+
+def test_at_an_equal_budget_every_design_holds_the_same_gpus(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sim"
+    args = ["simulate", *EXAMPLES, "--design", "compare", "--rate", "0.2", "--duration", "120", "--out", str(out)]
+    assert main([*args, "--budget-gpus", "12"]) == 0
+    assert "peak GPUs" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["peak_gpus"] for r in rows] == ["12", "12", "12"]
+    lp = json.loads((out / "shared-lp" / "summary.json").read_text())["pools"]
+    assert {p["gpus_per_replica"] for p in lp.values() if p["role"] == "base"} == {2}
+    # Five GPUs are one replica per monolithic pool, one short of the shared designs' floor.
+    assert main([*args, "--budget-gpus", "5"]) == 2
+    assert "design shared: a budget of 5 GPUs is less than one replica per pool (6 GPUs)" in capsys.readouterr().err
+    assert (out / "comparison.csv").read_text().count(",12,") == 3  # the last good outputs stay whole
+    assert [p.name for p in tmp_path.iterdir()] == ["sim"]  # and no staging folder is left
 
 
 def test_a_bad_trace_fails_naming_the_line_and_writes_nothing(tmp_path: Path, capsys) -> None:

@@ -29,8 +29,12 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_trace_arguments(parser)
     parser.add_argument("--trace", type=Path, help="a trace CSV (default: generate one from the options above)")
     parser.add_argument("--profile", type=Path, default=DEFAULT_PROFILE, help="service-time profile (JSON/YAML)")
-    parser.add_argument("--design", choices=("applied", "monolithic", "decoupled", "shared", "compare"),
-                        default="applied", help="the workflows as written, one alternative, or all three compared")
+    parser.add_argument("--design", choices=("applied", "monolithic", "decoupled", "shared", "shared-lp", "compare"),
+                        default="applied", help="the workflows as written, one alternative, or compare: "
+                                                "monolithic, shared and shared-lp on the same trace")
+    parser.add_argument("--budget-gpus", type=int, metavar="N",
+                        help="give every design N GPUs, held throughout, split between its pools by offered load "
+                             "(autoscaling off); default: the pools as the workflows size them")
     parser.add_argument("--slo-seconds", type=float, default=10.0)
     parser.add_argument("--shared-cores", type=float, metavar="N",
                         help="every replica shares one host of N cores (a CPU test bed; time-sliced GPUs); "
@@ -62,8 +66,7 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from swiftdiffusion.planner import compare, profile, trace, workflows
-    from swiftdiffusion.planner.simulate import SimulationError
+    from swiftdiffusion.planner import compare, fleet, profile, trace, workflows
 
     try:
         wfs = workflows.load(args.workflows)
@@ -72,17 +75,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     except (workflows.WorkflowError, trace.TraceError, ValidationError, ValueError, OSError) as e:
         print(f"swiftdiffusion simulate: {e}", file=sys.stderr)
         return 2
-    designs = ("monolithic", "decoupled", "shared") if args.design == "compare" else (args.design,)
+    designs = fleet.COMPARED if args.design == "compare" else (args.design,)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{args.out.name}-", dir=args.out.parent))
     trace.write(staging / "trace.csv", requests)
+    rows = []
     try:
-        rows = [compare.run_design(wfs, requests, prof, design, args.slo_seconds,
-                                   staging if len(designs) == 1 else staging / design, args.shared_cores)
-                for design in designs]
-    except SimulationError as e:
+        for design in designs:
+            rows.append(compare.run_design(wfs, requests, prof, design, args.slo_seconds,
+                                           staging if len(designs) == 1 else staging / design, args.shared_cores,
+                                           args.budget_gpus))
+    except ValueError as e:  # a SimulationError, or a budget short of one replica per pool
         shutil.rmtree(staging)
-        print(f"swiftdiffusion simulate: {e}", file=sys.stderr)
+        print(f"swiftdiffusion simulate: design {design}: {e}", file=sys.stderr)
         return 2
     (staging / "comparison.csv").write_text(compare.table_csv(rows))
     shutil.rmtree(args.out, ignore_errors=True)

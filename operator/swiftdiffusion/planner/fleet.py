@@ -1,13 +1,16 @@
 """The pools a set of workflows makes, decided by the operator's own render functions.
 
-`monolithic` is the diffusers-style baseline the paper compares with: no ControlNet pool,
-every base replica runs its workflow's ControlNets itself, serially, with its own cache.
+A design is a rewrite of the workflows (what a user would `kubectl apply` instead), so the
+pools, bounds and GPUs of every design come from the same render. `monolithic` is the
+diffusers-style baseline the paper compares with: no ControlNet pool, every base replica
+runs its workflow's ControlNets itself, serially, with its own cache.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator import render
@@ -73,21 +76,42 @@ def desired_replicas(demand: int, autoscaling: m.Autoscaling) -> int:
     return max(autoscaling.min_replicas, min(autoscaling.max_replicas, wanted))
 
 
-def _with_shared_pool(wf: m.Workflow, name: str | None) -> m.Workflow:
-    pool = wf.spec.controlnet_pool.model_copy(update={"shared_pool_name": name})
-    return wf.model_copy(update={"spec": wf.spec.model_copy(update={"controlnet_pool": pool})})
+def with_spec(wf: m.Workflow, **sections: dict[str, Any]) -> m.Workflow:
+    """`wf` with some fields of some spec sections replaced, e.g. `serving={"bal_default_k": 5}`."""
+    spec = wf.spec.model_copy(update={name: getattr(wf.spec, name).model_copy(update=fields)
+                                      for name, fields in sections.items()})
+    return wf.model_copy(update={"spec": spec})
 
 
-DESIGNS = ("monolithic", "decoupled", "shared")
+def _with_latent_parallelism(wf: m.Workflow) -> m.Workflow:
+    """Latent parallelism on, with the even GPU count the CRD then requires (one GPU per CFG
+    branch): an odd `basePool.gpus` rounds up, so a one-GPU pod becomes a two-GPU pod."""
+    gpus = wf.spec.base_pool.gpus
+    return with_spec(wf, serving={"latent_parallelism": m.LatentParallelism.ENABLED},
+                     base_pool={"gpus": gpus + gpus % 2})
+
+
+APPLIED, MONOLITHIC = "applied", "monolithic"
+DESIGNS = (APPLIED, MONOLITHIC, "decoupled", "shared", "shared-lp")
+COMPARED = (MONOLITHIC, "shared", "shared-lp")  # the issue's (a), (b) and (c)
+
+
+def design_workflows(workflows: Sequence[m.Workflow], name: str, shared_pool: str = "planner") -> list[m.Workflow]:
+    """The workflows as design `name` would have them: `applied` as written; `monolithic` as
+    written (`build` then keeps ControlNets on the base pods); `decoupled`, a dedicated
+    ControlNet pool each; `shared`, one ControlNet pool for every workflow (the operator then
+    derives its bounds from all members); `shared-lp`, that with latent parallelism on every
+    workflow."""
+    if name in (APPLIED, MONOLITHIC):
+        return list(workflows)
+    if name == "decoupled":
+        return [with_spec(wf, controlnet_pool={"shared_pool_name": None}) for wf in workflows]
+    if name in ("shared", "shared-lp"):
+        shared = [with_spec(wf, controlnet_pool={"shared_pool_name": shared_pool}) for wf in workflows]
+        return shared if name == "shared" else [_with_latent_parallelism(wf) for wf in shared]
+    raise ValueError(f"design: {name!r} is not one of {', '.join(DESIGNS)}")
 
 
 def design(workflows: Sequence[m.Workflow], name: str, shared_pool: str = "planner") -> Fleet:
-    """(a) monolithic pods, (b) a dedicated ControlNet pool per workflow, (c) one ControlNet
-    pool shared by every workflow (the operator then derives its bounds from all members)."""
-    if name == "monolithic":
-        return build(workflows, monolithic=True)
-    if name == "decoupled":
-        return build([_with_shared_pool(wf, None) for wf in workflows])
-    if name == "shared":
-        return build([_with_shared_pool(wf, shared_pool) for wf in workflows])
-    raise ValueError(f"design: {name!r} is not one of {', '.join(DESIGNS)}")
+    """The fleet of design `name` (see `design_workflows`)."""
+    return build(design_workflows(workflows, name, shared_pool), monolithic=name == MONOLITHIC)

@@ -1,6 +1,6 @@
-"""What a run means to a planner: latency percentiles, SLO attainment, GPU-hours, replica
-timelines, cache hit rate and BAL's blocked time; written as JSON and CSV (and PNG plots
-when matplotlib is installed)."""
+"""What a run means to a planner: latency percentiles, SLO attainment, GPU-hours, peak GPUs,
+replica timelines, cache hit rate and BAL's blocked time; written as JSON and CSV (and PNG
+plots when matplotlib is installed)."""
 from __future__ import annotations
 
 import csv
@@ -17,6 +17,18 @@ def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted `values` (q in 0..100)."""
     rank = max(1, math.ceil(q / 100 * len(values)))
     return values[rank - 1]
+
+
+def peak_gpus(result: Result) -> int:
+    """The most GPUs held at once: a replica holds its pool's GPUs from creation (it costs while
+    it starts) until it is removed (a draining one still holds them)."""
+    changes = sorted((t, delta) for state in result.pools.values() for replica in state.replicas
+                     for t, delta in ((replica.created, state.model.gpus), (replica.removed, -state.model.gpus)))
+    held = peak = 0
+    for _, delta in changes:  # at one instant, releases (negative) sort before acquisitions
+        held += delta
+        peak = max(peak, held)
+    return peak
 
 
 def summary(result: Result, slo_seconds: float) -> dict[str, Any]:
@@ -43,7 +55,7 @@ def summary(result: Result, slo_seconds: float) -> dict[str, Any]:
         "slo_seconds": slo_seconds,
         "p50": percentile(everything, 50) if everything else None,
         "p95": percentile(everything, 95) if everything else None,
-        "gpu_hours": sum(p["gpu_hours"] for p in pools.values()),
+        "gpu_hours": sum(p["gpu_hours"] for p in pools.values()), "peak_gpus": peak_gpus(result),
         "controlnet_cache_hit_rate": sum(result.cache_hits.values()) / lookups if lookups else None,
         "lora_blocked_requests": sum(b > 0 for b in blocked), "lora_blocked_seconds": sum(blocked),
         "workflows": workflows, "pools": pools,

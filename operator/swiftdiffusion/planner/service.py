@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from swiftdiffusion.operator import model as m
 from swiftdiffusion.planner.profile import Profile
+from swiftdiffusion.planner.trace import Request
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,12 @@ def monolithic(p: Profile, w: Work) -> Timing:
     step = _base_step(p, w) + w.controlnets * p.controlnet_step_seconds * scale
     return Timing(p.fixed_seconds * scale + w.controlnet_misses * p.controlnet_load_seconds + w.steps * step
                   + len(w.lora_ks) * p.monolithic_lora_seconds)
+
+
+def request_work(wf: m.Workflow, request: Request, controlnet_misses: int = 0) -> Work:
+    """What `request` asks of its base replica: LoRA i's BAL bound is its own `k`, else the
+    workflow's `balDefaultK` (LoRAs not declared are resolved from the store and take the default)."""
+    declared = {lora.name: lora.k for lora in wf.spec.loras}
+    ks = [declared.get(name) or wf.spec.serving.bal_default_k for name in request.loras]
+    return Work(request.steps, request.width * request.height, len(request.controlnets), ks,
+                controlnet_misses, wf.spec.serving.latent_parallelism == m.LatentParallelism.ENABLED)

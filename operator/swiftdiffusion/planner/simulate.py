@@ -63,24 +63,22 @@ class Replica:
 @dataclass(eq=False)
 class PoolState:
     model: PoolModel
-    replicas: list[Replica] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list)  # every replica it ever had
+    live: list[Replica] = field(default_factory=list)  # not draining: the Deployment's replicas
+    ready: list[Replica] = field(default_factory=list)  # live and serving: the Service's endpoints
     turn: int = 0
     in_flight: int = 0
     desired_log: deque[tuple[float, int]] = field(default_factory=deque)
     timeline: list[tuple[float, int]] = field(default_factory=list)
 
-    def active(self) -> list[Replica]:
-        return [r for r in self.replicas if not r.draining]
-
     def next_replica(self, now: float) -> Replica:
         """Round-robin over ready replicas (any starting one if none is ready yet)."""
-        active = self.active()
-        if not active:
+        choices = self.ready or self.live
+        if not choices:
             raise SimulationError(f"at {now:.3f} s: pool {self.model.name} has no replicas to take a request "
                                   f"(replicas: 0 without autoscaling)")
-        ready = [r for r in active if r.ready_at <= now] or active
         self.turn += 1
-        return ready[self.turn % len(ready)]
+        return choices[self.turn % len(choices)]
 
 
 @dataclass
@@ -145,22 +143,32 @@ class Simulation:
         holds_cache = state.model.role != BASE or self.monolithic
         for _ in range(count):
             cache = LruNames(state.model.cache_bytes, self.profile.controlnet_bytes) if holds_cache else None
-            replica = Replica(state.model.name, now, ready_at if self.host is None else float("inf"), cache)
+            replica = Replica(state.model.name, now, float("inf"), cache)
             state.replicas.append(replica)
+            state.live.append(replica)
             if ready_at > now:
                 self._after(now, ready_at - now, 1.0, READY, replica)
             else:
-                replica.ready_at = now
-        state.timeline.append((now, len(state.active())))
+                self._ready(replica, now)
+        state.timeline.append((now, len(state.live)))
+
+    def _ready(self, replica: Replica, now: float) -> None:
+        replica.ready_at = now
+        if not replica.draining:
+            self.pools[replica.pool].ready.append(replica)
+        self._start_next(replica, now)
 
     def _remove_replicas(self, state: PoolState, count: int, now: float) -> None:
         """Unready replicas go first, then idle ones, then the least loaded (as a ReplicaSet picks)."""
-        order = sorted(state.active(), key=lambda r: (r.ready_at <= now, not r.idle, len(r.queue), r.load))
+        order = sorted(state.live, key=lambda r: (r.ready_at <= now, not r.idle, len(r.queue), r.load))
         for replica in order[:count]:
             replica.draining = True
+            state.live.remove(replica)
+            if replica in state.ready:
+                state.ready.remove(replica)
             if replica.idle:
                 replica.removed = now
-        state.timeline.append((now, len(state.active())))
+        state.timeline.append((now, len(state.live)))
 
     def run(self, requests: Sequence[Request]) -> Result:
         for i, request in enumerate(requests):
@@ -195,8 +203,7 @@ class Simulation:
             self._done(payload, now)
             return 1
         elif kind == READY:
-            payload.ready_at = min(payload.ready_at, now)
-            self._start_next(payload, now)
+            self._ready(payload, now)
         else:
             self._poll(now)
             self._push(now + self.fleet.sync_period, POLL, None)
@@ -218,13 +225,6 @@ class Simulation:
         self.started[index] = (now, timing.lora_blocked_seconds)
         self._after(now, timing.seconds, cpu / timing.seconds if timing.seconds else 1.0, DONE, (replica, index))
 
-    def _work(self, request: Request, misses: int) -> service.Work:
-        wf = self.workflows[request.workflow]
-        declared = {lora.name: lora.k for lora in wf.spec.loras}
-        ks = [declared.get(name) or wf.spec.serving.bal_default_k for name in request.loras]
-        return service.Work(request.steps, request.width * request.height, len(request.controlnets), ks, misses,
-                            wf.spec.serving.latent_parallelism == m.LatentParallelism.ENABLED)
-
     def _lookups(self, replica: Replica, request: Request) -> int:
         misses = sum(not replica.cache.get(name) for name in request.controlnets)
         self.cache_hits[replica.pool] += len(request.controlnets) - misses
@@ -236,12 +236,12 @@ class Simulation:
         pool_name = self.fleet.controlnet_pool[request.workflow]
         if self.monolithic or not request.controlnets or pool_name is None:
             misses = self._lookups(replica, request) if self.monolithic else 0
-            work = self._work(request, misses)
+            work = service.request_work(self.workflows[request.workflow], request, misses)
             timing = service.monolithic(self.profile, work) if self.monolithic else service.decoupled(self.profile, work)
             return timing, timing.seconds
         cn_pool = self.pools[pool_name]
         cn = cn_pool.next_replica(now)
-        work = self._work(request, self._lookups(cn, request))
+        work = service.request_work(self.workflows[request.workflow], request, self._lookups(cn, request))
         share = service.controlnet_share(self.profile, work)
         cn.load += share
         cn.sessions += 1
@@ -281,7 +281,7 @@ class Simulation:
             scaling = state.model.autoscaling
             if not scaling.enabled:
                 continue
-            current = len(state.active())
+            current = len(state.live)
             demand = self._demand(state)
             if current and abs(demand / (scaling.target_in_flight_per_replica * current) - 1) <= HPA_TOLERANCE:
                 desired = current
