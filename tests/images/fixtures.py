@@ -51,9 +51,9 @@ def example_workflow() -> m.Workflow:
 
 @pytest.fixture(scope="session")
 def example_store(tiny_model_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny set under the example's model names, as real files a container can see (the
-    fleet store links into the model set) and its non-root user can read (as an admin makes a
-    shared store: save_pretrained writes some weights owner-only)."""
+    """The tiny set under the example's model names, copied so that its non-root user can read
+    them (as an admin makes a shared store: save_pretrained writes some weights owner-only)
+    without changing the modes of the model set, which the fleet store hard-links."""
     root = tmp_path_factory.mktemp("example-store")
     links = model_store.populate(root / "links", tiny_model_set, example(EXAMPLE))
     store = root / "store"

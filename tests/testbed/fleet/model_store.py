@@ -1,12 +1,16 @@
 """The fleet's model store: the tiny offline model set laid out under the names that
 workflows use, so an example (hub ids, LoRAs under /models/loras) runs unchanged.
 
-Hub ids become folders linking to the tiny base model or ControlNet (by the ControlNet's
-kind, read from its name); LoRA files named under the store's mount path become random
-LoRAs for the tiny base. A real store holds the real weights at the same names.
+Hub ids become folders holding the tiny base model or ControlNet (by the ControlNet's kind,
+read from its name); LoRA files named under the store's mount path become random LoRAs for
+the tiny base. Files are hard links into the model set (copies across file systems), never
+symlinks, so a pod sees them whatever its mounts cover. A real store holds the real
+weights at the same names.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,11 +37,27 @@ def controlnet_kind(reference: str) -> str:
     return next((kind for kind in CONTROLNET_KINDS if kind in reference.lower()), "canny")
 
 
-def _link(path: Path, target: Path) -> None:
+def _place(path: Path, target: Path) -> None:
+    """`target`'s files at `path`, hard-linked (copied across file systems), not a symlink: a
+    pod sees the store through a bind mount, and a link pointing under /tmp (a model cache in
+    a HOME there) would point into the pod's own emptyDir instead."""
+    if path.exists():
+        return  # placed before: a name always stands for the same model
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.symlink_to(target, target_is_directory=target.is_dir())
+    partial = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if target.is_dir():
+        shutil.copytree(target, partial, copy_function=_hard_link)
+    else:
+        _hard_link(target, partial)
+    partial.rename(path)
+
+
+def _hard_link(source: str | Path, destination: str | Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def populate(store: Path, model_set: Path, workflows: Iterable[dict[str, Any]]) -> Path:
@@ -45,15 +65,15 @@ def populate(store: Path, model_set: Path, workflows: Iterable[dict[str, Any]]) 
     for workflow in workflows:
         spec = workflow["spec"]
         mount = spec.get("modelStore", {}).get("path", "/models")
-        _link(store / spec["base"]["model"], model_set / "base")
+        _place(store / spec["base"]["model"], model_set / "base")
         for controlnet in spec.get("controlnets", []):
             reference = controlnet.get("model") or controlnet["name"]
-            _link(store / reference, model_set / "controlnets" / controlnet_kind(reference))
+            _place(store / reference, model_set / "controlnets" / controlnet_kind(reference))
         for lora in spec.get("loras", []):
             source = Path(lora["source"])
             if source.is_absolute() and source.is_relative_to(mount):
                 name = source.stem
-                _link(store / source.relative_to(mount), lora_for_model_set(model_set, name))
+                _place(store / source.relative_to(mount), lora_for_model_set(model_set, name))
     return store
 
 
