@@ -8,14 +8,13 @@ ControlNet pool scales on the sum of its members' demand.
 """
 from __future__ import annotations
 
-import datetime
 import time
 from typing import Any
 
 
 from swiftdiffusion.operator import render
 from swiftdiffusion.operator.local_process import LocalOperator
-from tests.fleet.traffic import Load, ready_pods, served_requests, service_target
+from tests.fleet.traffic import Load, ready_pods, ready_since, seconds_between, served_requests, service_target
 from tests.reconcile.fixtures import Cluster
 from tests.testbed import processes
 from tests.testbed.cluster import TestBed
@@ -32,15 +31,6 @@ def example(name: str) -> dict[str, Any]:
 
 def replicas(cluster: Cluster, pool: str) -> int:
     return cluster.get("apps/v1", "Deployment", pool)["spec"].get("replicas", 1)
-
-
-def ready_since(pod: dict[str, Any]) -> str:
-    return next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
-
-
-def seconds_between(earlier: str, later: str) -> float:
-    parse = datetime.datetime.fromisoformat
-    return (parse(later) - parse(earlier)).total_seconds()
 
 
 def autoscaling_reason(cluster: Cluster, workflow: str) -> str:

@@ -2,6 +2,7 @@
 what each pod says it served (its own /metrics, on its own address)."""
 from __future__ import annotations
 
+import datetime
 import io
 import threading
 import time
@@ -53,9 +54,22 @@ def served_requests(pod: dict[str, Any]) -> float:
                if sample.name == metric_names.REQUESTS_TOTAL and sample.labels.get("code") == "OK")
 
 
+def is_ready(pod: dict[str, Any]) -> bool:
+    return not pod["metadata"].get("deletionTimestamp") and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+
 def ready_pods(cluster: Cluster, pool: str) -> list[dict[str, Any]]:
-    return [p for p in cluster.pods(pool) if not p["metadata"].get("deletionTimestamp")
-            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+    return [p for p in cluster.pods(pool) if is_ready(p)]
+
+
+def ready_since(pod: dict[str, Any]) -> str:
+    return next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    parse = datetime.datetime.fromisoformat
+    return (parse(later) - parse(earlier)).total_seconds()
 
 
 def patch_workflow(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:

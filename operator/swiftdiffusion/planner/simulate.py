@@ -15,40 +15,49 @@ With `shared_cores` every replica runs on one host of that many cores (the CPU t
 GPUs time-sliced between pods): busy replicas and starting pods share them as a processor
 -sharing queue, each running at min(1, cores / demand) of its own speed, where demand is
 the summed CPU intensity of the work in progress.
+
+Requests come from any iterable in arrival order and are taken one at a time: only the next
+arrival waits outside the event heap, and with `keep_outcomes=False` each outcome goes into
+its workflow's latency histogram (`latency.py`), so memory follows the requests in flight,
+not the length of the trace.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
-from collections.abc import Mapping, Sequence
+import math
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.operator.render import BASE
 from swiftdiffusion.planner import service
+from swiftdiffusion.planner.latency import ExactLatencies, Latencies, LatencyHistogram
 from swiftdiffusion.planner.cache import LruNames
 from swiftdiffusion.planner.fleet import Fleet, PoolModel, desired_replicas
 from swiftdiffusion.planner.host import SharedHost
 from swiftdiffusion.planner.profile import Profile
 from swiftdiffusion.planner.trace import Request
 
-ARRIVE, DONE, READY, POLL, SHARED = range(5)
+DONE, READY, POLL, SHARED = range(4)
 HPA_SCALE_UP_PODS = 4  # the HPA's default scale-up policy: max(4 pods, 100%) per period
 HPA_TOLERANCE = 0.1  # the HPA leaves replicas alone while demand / (target x replicas) is within 10% of 1
+SHAPES_CACHED = 4096  # request shapes (workflow, steps, size, ControlNets, LoRA bounds, misses) whose work is kept
 
 
 class SimulationError(ValueError):
-    """A trace the fleet cannot serve at all (a request for a pool with no replicas)."""
+    """A trace the fleet cannot serve at all (a request for a pool with no replicas, arrivals out of order)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Replica:
     pool: str
     created: float
     ready_at: float
-    cache: LruNames | None
-    queue: deque[int] = field(default_factory=deque)
+    cache: LruNames | None  # None once removed, as is its queue: only its lifetime is kept
+    queue: deque[_Job] | None = field(default_factory=deque)
     busy: bool = False
     draining: bool = False
     removed: float | None = None
@@ -59,8 +68,13 @@ class Replica:
     def idle(self) -> bool:
         return not self.busy and not self.queue and not self.sessions
 
+    def remove(self, now: float) -> None:
+        """Gone: it keeps only its lifetime (what GPU-hours and peak GPUs need), not its
+        queue and cache, so replicas that come and go all day hold little memory."""
+        self.removed, self.queue, self.cache = now, None, None
 
-@dataclass(eq=False)
+
+@dataclass(eq=False, slots=True)
 class PoolState:
     model: PoolModel
     replicas: list[Replica] = field(default_factory=list)  # every replica it ever had
@@ -68,8 +82,12 @@ class PoolState:
     ready: list[Replica] = field(default_factory=list)  # live and serving: the Service's endpoints
     turn: int = 0
     in_flight: int = 0
-    desired_log: deque[tuple[float, int]] = field(default_factory=deque)
+    # (time, desired) of the scale-down window that may yet be its highest: decreasing, so the first is
+    desired_window: deque[tuple[float, int]] = field(default_factory=deque)
     timeline: list[tuple[float, int]] = field(default_factory=list)
+    callers: list[PoolState] = field(default_factory=list)  # a ControlNet pool's base pools
+    cache_hits: int = 0
+    cache_lookups: int = 0
 
     def next_replica(self, now: float) -> Replica:
         """Round-robin over ready replicas (any starting one if none is ready yet)."""
@@ -81,7 +99,7 @@ class PoolState:
         return choices[self.turn % len(choices)]
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """One request's result."""
 
@@ -98,7 +116,10 @@ class Outcome:
 
 @dataclass
 class Result:
-    outcomes: list[Outcome]
+    outcomes: list[Outcome] | None  # every request's, in arrival order; None with keep_outcomes=False
+    latencies: dict[str, Latencies]  # per workflow with requests: exact, or histograms with keep_outcomes=False
+    lora_blocked_requests: int
+    lora_blocked_seconds: float
     pools: dict[str, PoolState]
     cache_hits: dict[str, int]
     cache_lookups: dict[str, int]
@@ -106,30 +127,82 @@ class Result:
     events: int
 
 
+@dataclass(eq=False, slots=True)
+class _Route:
+    """One workflow's pools and the parts of its requests' work it fixes, resolved once."""
+
+    workflow: str
+    base: PoolState
+    controlnets: PoolState | None  # the pool running its ControlNets apart from the base pod
+    work: service.WorkflowWork
+    latencies: LatencyHistogram
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What one shape of request costs, computed once per shape."""
+
+    alone: service.Timing  # with no other session on its ControlNet replica
+    decoupled: service.Decoupled | None  # its timing at any ControlNet slowdown (None: monolithic)
+    share: float = 0.0  # a decoupled ControlNet session's load on its ControlNet replica
+
+
+class _Job:
+    """A request in flight, with what its completion needs."""
+
+    __slots__ = ("request", "index", "route", "replica", "start", "blocked", "controlnet", "share")
+
+    def __init__(self, request: Request, index: int, route: _Route) -> None:
+        self.request, self.index, self.route = request, index, route
+        self.controlnet: Replica | None = None
+
+
 class Simulation:
     def __init__(self, fleet: Fleet, workflows: Sequence[m.Workflow], profile: Profile, *,
-                 monolithic: bool = False, shared_cores: float | None = None) -> None:
+                 monolithic: bool = False, shared_cores: float | None = None, first_sync: float | None = None) -> None:
+        """`first_sync`: when the HPAs first sync (default: one period in); a real controller's
+        phase is its own, so a replay of a measured run passes the measured one."""
         self.fleet, self.profile, self.monolithic = fleet, profile, monolithic
+        self.first_sync = fleet.sync_period if first_sync is None else first_sync
         self.host = SharedHost(shared_cores) if shared_cores else None
         self.host_version = 0
-        self.workflows: Mapping[str, m.Workflow] = {wf.name: wf for wf in workflows}
         self.pools = {name: PoolState(pool) for name, pool in fleet.pools.items()}
+        for state in self.pools.values():
+            state.callers = [self.pools[c] for c in state.model.callers if c in self.pools]
+        self.autoscaled = [state for state in self.pools.values() if state.model.autoscaling.enabled]
+        self.routes = {wf.name: self._route(wf) for wf in workflows}
         self.events: list[tuple[float, int, int, object]] = []
         self._seq = itertools.count()
-        self.cache_hits = dict.fromkeys(self.pools, 0)
-        self.cache_lookups = dict.fromkeys(self.pools, 0)
+        self._shape = lru_cache(maxsize=SHAPES_CACHED)(self._new_shape)
+        self.finished: list[tuple[int, Outcome]] = []  # (arrival index, outcome), when outcomes are kept
+        self.blocked_requests, self.blocked_seconds = 0, 0.0  # when they are not
         for state in self.pools.values():
             self._add_replicas(state, state.model.replicas, 0.0, ready_at=0.0)
+
+    def _route(self, wf: m.Workflow) -> _Route:
+        controlnets = self.fleet.controlnet_pool[wf.name]
+        return _Route(wf.name, self.pools[self.fleet.base_pool[wf.name]],
+                      None if self.monolithic or controlnets is None else self.pools[controlnets],
+                      service.WorkflowWork.of(wf), LatencyHistogram())
+
+    def _new_shape(self, route: _Route, steps: int, pixels: int, controlnets: int, lora_ks: tuple[int, ...],
+                   misses: int) -> _Shape:
+        work = route.work.work(steps, pixels, controlnets, lora_ks, misses)
+        if self.monolithic:
+            return _Shape(service.monolithic(self.profile, work), None)
+        decoupled = service.Decoupled.of(self.profile, work)
+        return _Shape(decoupled.timing(), decoupled, service.controlnet_share(self.profile, work))
 
     def _push(self, time: float, kind: int, payload: object) -> None:
         heapq.heappush(self.events, (time, next(self._seq), kind, payload))
 
-    def _after(self, now: float, seconds: float, intensity: float, kind: int, payload: object) -> None:
-        """`kind` happens once `seconds` of work are done: then, or later on a crowded shared host."""
+    def _after(self, now: float, seconds: float, cpu_seconds: float, kind: int, payload: object) -> None:
+        """`kind` happens once `seconds` of work are done: then, or later on a crowded shared host,
+        where the work keeps `cpu_seconds / seconds` cores busy."""
         if self.host is None:
             self._push(now + seconds, kind, payload)
             return
-        self.host.add(now, seconds, intensity, (kind, payload))
+        self.host.add(now, seconds, cpu_seconds / seconds if seconds else 1.0, (kind, payload))
         self._reschedule_host()
 
     def _reschedule_host(self) -> None:
@@ -147,7 +220,7 @@ class Simulation:
             state.replicas.append(replica)
             state.live.append(replica)
             if ready_at > now:
-                self._after(now, ready_at - now, 1.0, READY, replica)
+                self._after(now, ready_at - now, ready_at - now, READY, replica)
             else:
                 self._ready(replica, now)
         state.timeline.append((now, len(state.live)))
@@ -167,130 +240,168 @@ class Simulation:
             if replica in state.ready:
                 state.ready.remove(replica)
             if replica.idle:
-                replica.removed = now
+                replica.remove(now)
         state.timeline.append((now, len(state.live)))
 
-    def run(self, requests: Sequence[Request]) -> Result:
-        for i, request in enumerate(requests):
-            self._push(request.arrival, ARRIVE, i)
-        if any(p.model.autoscaling.enabled for p in self.pools.values()):
-            self._push(self.fleet.sync_period, POLL, None)
-        self.requests, self.outcomes = requests, [None] * len(requests)
-        self.open_sessions: dict[int, tuple[Replica, float]] = {}
-        self.started: dict[int, tuple[float, float]] = {}
-        remaining, now, events = len(requests), 0.0, 0
-        while self.events and remaining:
-            now, _, kind, payload = heapq.heappop(self.events)
+    def run(self, requests: Iterable[Request], *, keep_outcomes: bool = True) -> Result:
+        """Replays `requests` (in arrival order) until the last one finishes. With
+        `keep_outcomes=False` the result has latency histograms instead of every outcome."""
+        if self.autoscaled:
+            self._push(self.first_sync, POLL, None)
+        record = self._keep if keep_outcomes else self._tally
+        arrivals = iter(requests)
+        upcoming = next(arrivals, None)
+        heap, pop = self.events, heapq.heappop
+        now, last_arrival, events, arrived, open_requests = 0.0, -math.inf, 0, 0, 0
+        while upcoming is not None or (open_requests and heap):
+            if upcoming is not None and (not heap or upcoming.arrival <= heap[0][0]):
+                if upcoming.arrival < last_arrival:
+                    raise SimulationError(f"request {arrived} arrives at {upcoming.arrival} s, before the one "
+                                          f"before it ({last_arrival} s): requests must be in arrival order")
+                now = last_arrival = upcoming.arrival
+                events += 1
+                self._arrive(_Job(upcoming, arrived, self.routes[upcoming.workflow]), now)
+                arrived += 1
+                open_requests += 1
+                upcoming = next(arrivals, None)
+                continue
+            now, _, kind, payload = pop(heap)
             events += 1
-            if kind == SHARED:
+            if kind == DONE:
+                self._done(payload, now, record)
+                open_requests -= 1
+            elif kind == SHARED:
                 if payload != self.host_version:
                     continue  # the sharing changed since: a newer event stands for the host
                 for kind, payload in self.host.finished(now):
-                    remaining -= self._handle(kind, payload, now)
+                    if kind == DONE:
+                        self._done(payload, now, record)
+                        open_requests -= 1
+                    else:
+                        self._ready(payload, now)
                 self._reschedule_host()
+            elif kind == READY:
+                self._ready(payload, now)
             else:
-                remaining -= self._handle(kind, payload, now)
+                self._poll(now)
+                self._push(now + self.fleet.sync_period, POLL, None)
         for state in self.pools.values():
             for replica in state.replicas:
                 replica.removed = now if replica.removed is None else replica.removed
-        return Result(self.outcomes, self.pools, self.cache_hits, self.cache_lookups, now, events)
+        return self._result(keep_outcomes, now, events)
 
-    def _handle(self, kind: int, payload: object, now: float) -> int:
-        """Applies one event; returns how many requests it finished."""
-        if kind == ARRIVE:
-            self._arrive(payload, now)
-        elif kind == DONE:
-            self._done(payload, now)
-            return 1
-        elif kind == READY:
-            self._ready(payload, now)
-        else:
-            self._poll(now)
-            self._push(now + self.fleet.sync_period, POLL, None)
-        return 0
+    def _result(self, keep_outcomes: bool, end: float, events: int) -> Result:
+        hits = {name: state.cache_hits for name, state in self.pools.items()}
+        lookups = {name: state.cache_lookups for name, state in self.pools.items()}
+        if not keep_outcomes:
+            latencies = {name: route.latencies for name, route in self.routes.items() if route.latencies.count}
+            return Result(None, latencies, self.blocked_requests, self.blocked_seconds, self.pools, hits, lookups,
+                          end, events)
+        outcomes = [outcome for _, outcome in sorted(self.finished, key=lambda pair: pair[0])]
+        by_workflow: dict[str, list[float]] = defaultdict(list)
+        for outcome in outcomes:
+            by_workflow[outcome.workflow].append(outcome.latency)
+        blocked = [o.lora_blocked_seconds for o in outcomes]
+        return Result(outcomes, {name: ExactLatencies(values) for name, values in by_workflow.items()},
+                      sum(b > 0 for b in blocked), sum(blocked), self.pools, hits, lookups, end, events)
 
-    def _arrive(self, index: int, now: float) -> None:
-        state = self.pools[self.fleet.base_pool[self.requests[index].workflow]]
+    def _keep(self, job: _Job, now: float) -> None:
+        request = job.request
+        self.finished.append((job.index, Outcome(request.arrival, job.start, now, request.workflow, job.blocked)))
+
+    def _tally(self, job: _Job, now: float) -> None:
+        job.route.latencies.add(now - job.request.arrival)
+        if job.blocked > 0:
+            self.blocked_requests += 1
+            self.blocked_seconds += job.blocked
+
+    def _arrive(self, job: _Job, now: float) -> None:
+        state = job.route.base
         replica = state.next_replica(now)
-        replica.queue.append(index)
+        replica.queue.append(job)
         state.in_flight += 1
         self._start_next(replica, now)
 
     def _start_next(self, replica: Replica, now: float) -> None:
         if replica.busy or not replica.queue or replica.ready_at > now:
             return
-        index = replica.queue.popleft()
+        job = replica.queue.popleft()
         replica.busy = True
-        timing, cpu = self._serve(index, self.requests[index], replica, now)
-        self.started[index] = (now, timing.lora_blocked_seconds)
-        self._after(now, timing.seconds, cpu / timing.seconds if timing.seconds else 1.0, DONE, (replica, index))
+        timing, cpu = self._serve(job, replica, now)
+        job.replica, job.start, job.blocked = replica, now, timing.lora_blocked_seconds
+        self._after(now, timing.seconds, cpu, DONE, job)
 
-    def _lookups(self, replica: Replica, request: Request) -> int:
-        misses = sum(not replica.cache.get(name) for name in request.controlnets)
-        self.cache_hits[replica.pool] += len(request.controlnets) - misses
-        self.cache_lookups[replica.pool] += len(request.controlnets)
+    def _lookups(self, replica: Replica, state: PoolState, names: Sequence[str]) -> int:
+        get, misses = replica.cache.get, 0
+        for name in names:
+            if not get(name):
+                misses += 1
+        state.cache_hits += len(names) - misses
+        state.cache_lookups += len(names)
         return misses
 
-    def _serve(self, index: int, request: Request, replica: Replica, now: float) -> tuple[service.Timing, float]:
-        """How long the request holds its replica, and the CPU seconds it keeps busy meanwhile."""
-        pool_name = self.fleet.controlnet_pool[request.workflow]
-        if self.monolithic or not request.controlnets or pool_name is None:
-            misses = self._lookups(replica, request) if self.monolithic else 0
-            work = service.request_work(self.workflows[request.workflow], request, misses)
-            timing = service.monolithic(self.profile, work) if self.monolithic else service.decoupled(self.profile, work)
-            return timing, timing.seconds
-        cn_pool = self.pools[pool_name]
-        cn = cn_pool.next_replica(now)
-        work = service.request_work(self.workflows[request.workflow], request, self._lookups(cn, request))
-        share = service.controlnet_share(self.profile, work)
-        cn.load += share
+    def _serve(self, job: _Job, replica: Replica, now: float) -> tuple[service.Timing, float]:
+        """How long the request holds its replica, and the CPU seconds it keeps busy meanwhile
+        (only a shared host asks)."""
+        request, route = job.request, job.route
+        names, cn_pool = request.controlnets, route.controlnets
+        cn = None if cn_pool is None or not names else cn_pool.next_replica(now)
+        if cn is None:
+            misses = self._lookups(replica, route.base, names) if self.monolithic else 0
+        else:
+            misses = self._lookups(cn, cn_pool, names)
+        shape = self._shape(route, request.steps, request.width * request.height, len(names),
+                            route.work.lora_ks(request.loras), misses)
+        if cn is None:
+            return shape.alone, shape.alone.seconds
+        cn.load += shape.share
         cn.sessions += 1
         cn_pool.in_flight += 1
-        self.open_sessions[index] = (cn, share)
+        job.controlnet, job.share = cn, shape.share
         slowdown = max(1.0, cn.load)
-        timing = service.decoupled(self.profile, work, slowdown)
-        return timing, service.cpu_seconds(self.profile, work, timing, slowdown)
+        timing = shape.alone if slowdown == 1.0 else shape.decoupled.timing(slowdown)
+        if self.host is None:
+            return timing, timing.seconds
+        return timing, service.cpu_seconds(self.profile, shape.decoupled.work, timing, slowdown)
 
-    def _done(self, payload: tuple[Replica, int], now: float) -> None:
-        replica, index = payload
-        start, blocked = self.started.pop(index)
-        request = self.requests[index]
-        self.outcomes[index] = Outcome(request.arrival, start, now, request.workflow, blocked)
+    def _done(self, job: _Job, now: float, record: Callable[[_Job, float], None]) -> None:
+        record(job, now)
+        replica, route = job.replica, job.route
         replica.busy = False
-        self.pools[replica.pool].in_flight -= 1
-        session = self.open_sessions.pop(index, None)
-        if session is not None:
-            cn, share = session
-            cn.load -= share
+        route.base.in_flight -= 1
+        cn = job.controlnet
+        if cn is not None:
+            cn.load -= job.share
             cn.sessions -= 1
-            self.pools[cn.pool].in_flight -= 1
+            route.controlnets.in_flight -= 1
             if cn.draining and cn.idle:
-                cn.removed = now
+                cn.remove(now)
         if replica.draining and replica.idle:
-            replica.removed = now
+            replica.remove(now)
             return
         self._start_next(replica, now)
 
     def _demand(self, state: PoolState) -> int:
         if not state.model.callers:
             return state.in_flight
-        return max(state.in_flight, sum(self.pools[c].in_flight for c in state.model.callers if c in self.pools))
+        return max(state.in_flight, sum(caller.in_flight for caller in state.callers))
 
     def _poll(self, now: float) -> None:
-        for state in self.pools.values():
+        for state in self.autoscaled:
             scaling = state.model.autoscaling
-            if not scaling.enabled:
-                continue
             current = len(state.live)
             demand = self._demand(state)
             if current and abs(demand / (scaling.target_in_flight_per_replica * current) - 1) <= HPA_TOLERANCE:
                 desired = current
             else:
                 desired = min(desired_replicas(demand, scaling), current + max(HPA_SCALE_UP_PODS, current))
-            state.desired_log.append((now, desired))
-            while state.desired_log[0][0] < now - scaling.scale_down_stabilization_seconds:
-                state.desired_log.popleft()
-            target = desired if desired >= current else max(d for _, d in state.desired_log)
+            window = state.desired_window
+            while window and window[-1][1] <= desired:
+                window.pop()  # older and no higher: never the window's highest again
+            window.append((now, desired))
+            while window[0][0] < now - scaling.scale_down_stabilization_seconds:
+                window.popleft()
+            target = desired if desired >= current else window[0][1]
             if target > current:
                 self._add_replicas(state, target - current, now, now + self.profile.pod_start_seconds)
             elif target < current:

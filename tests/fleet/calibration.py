@@ -1,0 +1,212 @@
+"""The planner's calibration (issue 13): one trace replayed on the fleet and through the
+simulator, with what each says about latency, replicas and the ControlNet cache.
+
+The fleet side is open-loop, as users are: every request is sent at its arrival time on
+its own connection to the base pool's Service, whatever is still in flight. Replicas are
+read from the pools' Deployments (what the HPA set) and cache lookups from every ControlNet
+pod's own /metrics, once a second.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from swiftdiffusion.planner import report
+from swiftdiffusion.planner.simulate import Result
+from swiftdiffusion.planner.trace import Request
+from swiftdiffusion.runtime import metric_names
+from swiftdiffusion.runtime.client import generate, generate_request
+from swiftdiffusion.runtime.config import METRICS_PORT
+from tests.fleet.traffic import PNG, control_image, is_ready, ready_since, seconds_between
+from tests.reconcile.fixtures import Cluster
+
+# (start, end, load): quiet, a burst the minimum cannot serve, quiet again; load in units of
+# one replica's capacity on this machine (what the profile says it serves per second), so the
+# burst overloads one replica on a fast machine and a slow one alike.
+SEGMENTS = ((0.0, 30.0, 0.3), (30.0, 70.0, 1.3), (70.0, 130.0, 0.2))
+CONTROLNET_CHOICES = ((), ("canny",), ("depth",), ("canny", "depth"))
+
+
+def busy_cores(seconds: float = 10.0) -> float:
+    """Cores this machine keeps busy over `seconds` (/proc/stat): the test bed's own load, which
+    the pods do not get."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    busy0, total0 = sample()
+    time.sleep(seconds)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / (total1 - total0) * len(os.sched_getaffinity(0))
+
+
+def trace(workflow: str, capacity: float, seed: int = 0, steps: int = 8, size: int = 64) -> list[Request]:
+    """Poisson arrivals per segment at `capacity` requests per second times the segment's
+    load; each request uses none, one or both ControlNets."""
+    rng = random.Random(seed)
+    requests = []
+    for start, end, load in SEGMENTS:
+        t = start + rng.expovariate(load * capacity)
+        while t < end:
+            requests.append(Request(t, workflow, rng.choice(CONTROLNET_CHOICES), (), steps, size, size))
+            t += rng.expovariate(load * capacity)
+    return requests
+
+
+@dataclass
+class FleetRun:
+    """What the fleet did with a trace."""
+
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (arrival, latency) seconds
+    phases: list[dict[str, float]] = field(default_factory=list)  # each reply's server-side phase timings
+    failures: list[str] = field(default_factory=list)
+    replicas: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # pool -> (seconds, spec.replicas)
+    lookups: dict[str, tuple[float, float]] = field(default_factory=dict)  # ControlNet pod -> (hits, misses)
+    pod_starts: dict[str, float] = field(default_factory=dict)  # pod -> created to Ready, seconds
+    scale_times: dict[str, list[float]] = field(default_factory=dict)  # pool -> its HPA's scalings, seconds
+
+    def first_sync(self, pool: str, period: float) -> float | None:
+        """The pool's HPA's first sync after the replay started: it scales only at syncs, one
+        period apart, and the phase of those is the controller's, not known in advance."""
+        times = [t for t in self.scale_times.get(pool, []) if t >= 0]
+        return min(times) % period if times else None
+
+    def cache_hit_rate(self) -> float:
+        hits = sum(h for h, _ in self.lookups.values())
+        total = hits + sum(m for _, m in self.lookups.values())
+        return hits / total if total else 0.0
+
+
+def cache_counters(pod_ip: str) -> tuple[float, float]:
+    with urllib.request.urlopen(f"http://{pod_ip}:{METRICS_PORT}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return (values.get(metric_names.CONTROLNET_CACHE_HITS_TOTAL, 0.0),
+            values.get(metric_names.CONTROLNET_CACHE_MISSES_TOTAL, 0.0))
+
+
+def _sample(cluster: Cluster, pools: Sequence[str], controlnet_pool: str, run: FleetRun, elapsed: float,
+            started_at: float) -> None:
+    hpas = {h["metadata"]["name"]: h for h in cluster.list("autoscaling/v2", "horizontalpodautoscalers")}
+    for pool in pools:
+        hpa = hpas.get(f"keda-hpa-{pool}", {})  # KEDA's name for a ScaledObject's HPA
+        if scaled := hpa.get("status", {}).get("lastScaleTime"):
+            moment = datetime.datetime.fromisoformat(scaled).timestamp() - started_at
+            if moment not in run.scale_times.setdefault(pool, []):
+                run.scale_times[pool].append(moment)
+        deployment = cluster.get("apps/v1", "Deployment", pool) or {}
+        run.replicas.setdefault(pool, []).append((elapsed, deployment.get("spec", {}).get("replicas", 0)))
+        for pod in cluster.pods(pool):
+            if is_ready(pod) and pod["metadata"]["name"] not in run.pod_starts:
+                run.pod_starts[pod["metadata"]["name"]] = seconds_between(pod["metadata"]["creationTimestamp"],
+                                                                          ready_since(pod))
+    for pod in cluster.pods(controlnet_pool):
+        ip = pod.get("status", {}).get("podIP")
+        if ip:
+            try:
+                run.lookups[pod["metadata"]["name"]] = cache_counters(ip)
+            except OSError:
+                pass  # starting or gone: its last counters stand
+
+
+def replay(target: str, requests: Sequence[Request], cluster: Cluster, pools: Sequence[str],
+           controlnet_pool: str) -> FleetRun:
+    """Sends every request at its arrival time and samples the pools until all are answered."""
+    run = FleetRun()
+    images = {name: control_image() for name in {cn for r in requests for cn in r.controlnets}}
+    lock = threading.Lock()
+    started, started_at = time.monotonic(), time.time()
+
+    def send(index: int, request: Request) -> None:
+        body = generate_request("a red cube", seed=index, steps=request.steps, width=request.width,
+                                height=request.height, guidance_scale=5.0,
+                                controlnets=[(name, images[name], None) for name in request.controlnets])
+        try:
+            reply = generate(target, body, timeout=300)
+            assert reply.png.startswith(PNG)
+            with lock:
+                run.latencies.append((request.arrival, time.monotonic() - started - request.arrival))
+                run.phases.append({"arrival": request.arrival, **reply.timings})
+        except (grpc.RpcError, AssertionError) as error:
+            with lock:
+                run.failures.append(f"at {request.arrival:.1f} s: {type(error).__name__}: {error}")
+
+    done = threading.Event()
+
+    def sampler() -> None:
+        while not done.is_set():
+            _sample(cluster, pools, controlnet_pool, run, time.monotonic() - started, started_at)
+            done.wait(1.0)
+
+    watcher = threading.Thread(target=sampler, daemon=True)
+    watcher.start()
+    with ThreadPoolExecutor(max_workers=128) as pool:
+        for index, request in enumerate(requests):
+            time.sleep(max(0.0, started + request.arrival - time.monotonic()))
+            pool.submit(send, index, request)
+    done.set()
+    watcher.join()
+    _sample(cluster, pools, controlnet_pool, run, time.monotonic() - started, started_at)
+    return run
+
+
+def replicas_at(timeline: Sequence[tuple[float, int]], t: float) -> int:
+    """The last value at or before `t` (the first one before the first sample)."""
+    value = timeline[0][1]
+    for seconds, count in timeline:
+        if seconds > t:
+            break
+        value = count
+    return value
+
+
+def nearest_replicas(timeline: Sequence[tuple[float, int]], t: float, wanted: int, slack: float = 3.0) -> int:
+    """The fleet's replicas around `t` closest to `wanted`: samples are a second apart and the
+    Deployment follows the HPA's write within a second or two, so a mark that falls on a
+    scaling may see either side of it."""
+    around = {replicas_at(timeline, t + d) for d in (-slack, 0.0, slack)}
+    return min(around, key=lambda n: abs(n - wanted))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    real_p50: float
+    real_p95: float
+    sim_p50: float
+    sim_p95: float
+    real_hits: float
+    sim_hits: float
+    replicas: dict[str, list[tuple[int, int, int]]]  # pool -> (minute mark s, fleet, simulator)
+
+    def lines(self) -> list[str]:
+        out = [f"p50 {self.real_p50:.2f} s fleet, {self.sim_p50:.2f} s simulated ({self.sim_p50 / self.real_p50 - 1:+.0%})",
+               f"p95 {self.real_p95:.2f} s fleet, {self.sim_p95:.2f} s simulated ({self.sim_p95 / self.real_p95 - 1:+.0%})",
+               f"ControlNet cache hits {self.real_hits:.1%} fleet, {self.sim_hits:.1%} simulated"]
+        out += [f"{pool} replicas at {t} s: fleet {real}, simulated {sim}"
+                for pool, marks in self.replicas.items() for t, real, sim in marks]
+        return out
+
+
+def compare(run: FleetRun, result: Result, duration: float, step: int = 30) -> Comparison:
+    real = sorted(latency for _, latency in run.latencies)
+    simulated = sorted(o.latency for o in result.outcomes)
+    hits = sum(result.cache_hits.values()) / max(1, sum(result.cache_lookups.values()))
+    marks = range(step, int(duration) + 1, step)
+    replicas = {}
+    for pool in run.replicas:
+        predicted = [(t, replicas_at(result.pools[pool].timeline, t)) for t in marks]
+        replicas[pool] = [(t, nearest_replicas(run.replicas[pool], t, sim), sim) for t, sim in predicted]
+    return Comparison(report.percentile(real, 50), report.percentile(real, 95), report.percentile(simulated, 50),
+                      report.percentile(simulated, 95), run.cache_hit_rate(), hits, replicas)
