@@ -167,12 +167,13 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), **versions}
 
 
-def header(description: str) -> dict[str, Any]:
+def header(description: str, method: str = "median of the timed rounds, [min-max, spread = (max-min)/median]"
+           ) -> dict[str, Any]:
     """Prints the run's conditions (load average first: numbers are only as quiet as the machine)."""
     info = machine()
     print(description)
     print(f"cores {info['cpus']}, load average {' '.join(f'{x:.2f}' for x in info['load_average'])} at start; "
-          f"median of the timed rounds, [min-max, spread = (max-min)/median]")
+          f"{method}")
     if info["load_average"][0] > QUIET_LOAD:
         print(f"warning: load average above {QUIET_LOAD}: other jobs share these cores; not numbers for the record")
     return info

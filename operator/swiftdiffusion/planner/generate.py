@@ -3,13 +3,20 @@
 Shapes: `constant` (evenly spaced, for hand-checkable runs), `poisson`, `diurnal` (a
 sinusoidal day, trough at t=0, by thinning) and `bursty` (a Poisson process whose rate is
 multiplied by `burst_factor` for `burst_seconds` at Poisson-spaced burst starts).
+
+A trace is one seeded random stream: every arrival time first, then each request's
+add-ons. `stream` yields the same trace lazily, in memory that does not grow with its
+length: it runs the arrival process once to find where the add-on draws begin (keeping
+nothing), then again beside them.
 """
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from bisect import bisect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.planner.mix import Mix, controlnet_popularity
@@ -37,46 +44,121 @@ def _poisson(rng: random.Random, rate: float, duration: float) -> Iterator[float
         t += rng.expovariate(rate)
 
 
-def _bursts(rng: random.Random, a: Arrivals) -> list[tuple[float, float]]:
-    return [(start, start + a.burst_seconds) for start in _poisson(rng, 1.0 / a.burst_interval, a.duration)]
+def _thinned(rng: random.Random, peak: float, duration: float, rate: Callable[[float], float]) -> Iterator[float]:
+    """A Poisson process of rate `peak`, each arrival kept with probability rate(t) / peak
+    (Lewis-Shedler thinning: a process whose rate varies as `rate`)."""
+    expovariate, random_ = rng.expovariate, rng.random
+    t = expovariate(peak)
+    while t < duration:
+        if random_() * peak < rate(t):
+            yield t
+        t += expovariate(peak)
 
 
-def _rate(a: Arrivals, t: float, bursts: Sequence[tuple[float, float]]) -> float:
-    """The instantaneous arrival rate of a `diurnal` or `bursty` shape at `t`."""
+def _rate(a: Arrivals, bursts: Sequence[tuple[float, float]]) -> Callable[[float], float]:
+    """The instantaneous arrival rate of a `diurnal` or `bursty` shape."""
+    rate, amplitude, period, factor, two_pi, cos = (a.rate, a.diurnal_amplitude, a.diurnal_period, a.burst_factor,
+                                                    2 * math.pi, math.cos)
     if a.shape == "diurnal":
-        return a.rate * (1 - a.diurnal_amplitude * math.cos(2 * math.pi * t / a.diurnal_period))
-    return a.rate * (a.burst_factor if any(s <= t < e for s, e in bursts) else 1.0)
+        return lambda t: rate * (1 - amplitude * cos(two_pi * t / period))
+    return lambda t: rate * (factor if any(s <= t < e for s, e in bursts) else 1.0)
+
+
+def _check(a: Arrivals) -> None:
+    if a.shape not in SHAPES:
+        raise ValueError(f"shape: {a.shape!r} is not one of {', '.join(SHAPES)}")
+
+
+def _arrivals(a: Arrivals, rng: random.Random) -> Iterator[float]:
+    if a.shape == "constant":
+        return (i / a.rate for i in range(math.ceil(a.duration * a.rate)))
+    if a.shape == "poisson":
+        return _poisson(rng, a.rate, a.duration)
+    bursts = []
+    if a.shape == "bursty":
+        bursts = [(start, start + a.burst_seconds) for start in _poisson(rng, 1.0 / a.burst_interval, a.duration)]
+    peak = a.rate * (1 + a.diurnal_amplitude if a.shape == "diurnal" else a.burst_factor)
+    return _thinned(rng, peak, a.duration, _rate(a, bursts))
 
 
 def arrival_times(a: Arrivals, rng: random.Random) -> list[float]:
-    if a.shape not in SHAPES:
-        raise ValueError(f"shape: {a.shape!r} is not one of {', '.join(SHAPES)}")
-    if a.shape == "constant":
-        return [i / a.rate for i in range(math.ceil(a.duration * a.rate))]
-    if a.shape == "poisson":
-        return list(_poisson(rng, a.rate, a.duration))
-    bursts = _bursts(rng, a) if a.shape == "bursty" else []
-    peak = a.rate * (1 + a.diurnal_amplitude if a.shape == "diurnal" else a.burst_factor)
-    return [t for t in _poisson(rng, peak, a.duration) if rng.random() * peak < _rate(a, t, bursts)]
+    _check(a)
+    return list(_arrivals(a, rng))
 
 
-def _draw_count(rng: random.Random, shares: Sequence[float], cap: int) -> int:
-    return min(rng.choices(range(len(shares)), weights=shares)[0], cap)
+def _draw(rng: random.Random, cumulative: Sequence[float]) -> int:
+    """An index drawn by weight: what `rng.choices(range(n), weights)[0]` returns, given the
+    weights' running sums (computed once instead of per draw)."""
+    return bisect(cumulative, rng.random() * (cumulative[-1] + 0.0), 0, len(cumulative) - 1)
 
 
-def _draw_without_replacement(rng: random.Random, names: Sequence[str], weights: Sequence[float],
-                              count: int) -> tuple[str, ...]:
-    pool, w, chosen = list(names), list(weights), []
-    for _ in range(count):
-        i = rng.choices(range(len(pool)), weights=w)[0]
-        chosen.append(pool.pop(i))
-        w.pop(i)
-    return tuple(chosen)
+class _Catalogue:
+    """Names drawn by weight without replacement; what is left after each draw is computed once."""
+
+    def __init__(self, names: Sequence[str], weights: Sequence[float]) -> None:
+        self.names, self.weights, self.cumulative = names, weights, list(accumulate(weights))
+        self._without: dict[int, _Catalogue] = {}
+
+    def _less(self, i: int) -> _Catalogue:
+        rest = self._without.get(i)
+        if rest is None:
+            rest = self._without[i] = _Catalogue([*self.names[:i], *self.names[i + 1:]],
+                                                 [*self.weights[:i], *self.weights[i + 1:]])
+        return rest
+
+    def draw(self, rng: random.Random, count: int) -> tuple[str, ...]:
+        chosen, catalogue = [], self
+        for left in range(count - 1, -1, -1):
+            i = _draw(rng, catalogue.cumulative)
+            chosen.append(catalogue.names[i])
+            if left:
+                catalogue = catalogue._less(i)
+        return tuple(chosen)
 
 
 def lora_catalogue(mix: Mix) -> list[str]:
     """Model-store names for the mix's distinct LoRAs (the runtime resolves any store name)."""
     return [f"lora-{i:05d}" for i in range(mix.distinct_loras)]
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """What every request of one workflow draws from, computed once."""
+
+    name: str
+    controlnets: _Catalogue
+    steps: int
+    width: int
+    height: int
+
+
+def _drawn(wf: m.Workflow, mix: Mix) -> _Drawn:
+    d = wf.spec.base.defaults
+    return _Drawn(wf.name, _Catalogue([cn.name for cn in wf.spec.controlnets],
+                                      controlnet_popularity(mix, len(wf.spec.controlnets))),
+                  d.steps, d.width, d.height)
+
+
+def stream(workflows: Sequence[m.Workflow], mix: Mix, arrivals: Arrivals, seed: int) -> Iterator[Request]:
+    """The trace `requests` returns, one request at a time (see the module's docstring)."""
+    _check(arrivals)
+    addons = random.Random(seed)
+    for _ in _arrivals(arrivals, addons):
+        pass
+    return _stream(workflows, mix, arrivals, random.Random(seed), addons)
+
+
+def _stream(workflows: Sequence[m.Workflow], mix: Mix, arrivals: Arrivals, times: random.Random,
+            rng: random.Random) -> Iterator[Request]:
+    loras = lora_catalogue(mix)
+    drawn = [_drawn(wf, mix) for wf in workflows]
+    cn_counts, lora_counts = list(accumulate(mix.controlnets_per_request)), list(accumulate(mix.loras_per_request))
+    for t in _arrivals(arrivals, times):
+        wf = rng.choice(drawn)
+        n_cn = min(_draw(rng, cn_counts), len(wf.controlnets.names))
+        n_lora = min(_draw(rng, lora_counts), len(loras))
+        yield Request(t, wf.name, wf.controlnets.draw(rng, n_cn), tuple(rng.sample(loras, n_lora)), wf.steps,
+                      wf.width, wf.height)
 
 
 def requests(workflows: Sequence[m.Workflow], mix: Mix, arrivals: Arrivals, seed: int) -> list[Request]:
@@ -85,16 +167,4 @@ def requests(workflows: Sequence[m.Workflow], mix: Mix, arrivals: Arrivals, seed
     A request's ControlNets are drawn from its workflow's own (most popular first in
     declaration order), at most as many as it declares.
     """
-    rng = random.Random(seed)
-    loras = lora_catalogue(mix)
-    popularity = {wf.name: controlnet_popularity(mix, len(wf.spec.controlnets)) for wf in workflows}
-    out = []
-    for t in arrival_times(arrivals, rng):
-        wf = rng.choice(workflows)
-        names = [cn.name for cn in wf.spec.controlnets]
-        n_cn = _draw_count(rng, mix.controlnets_per_request, len(names))
-        n_lora = _draw_count(rng, mix.loras_per_request, len(loras))
-        d = wf.spec.base.defaults
-        out.append(Request(t, wf.name, _draw_without_replacement(rng, names, popularity[wf.name], n_cn),
-                           tuple(rng.sample(loras, n_lora)), d.steps, d.width, d.height))
-    return out
+    return list(stream(workflows, mix, arrivals, seed))

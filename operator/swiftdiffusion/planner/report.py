@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from swiftdiffusion.planner import latency
+from swiftdiffusion.planner.latency import percentile as percentile  # the nearest-rank rule, for callers
 from swiftdiffusion.planner.simulate import Result
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of sorted `values` (q in 0..100)."""
-    rank = max(1, math.ceil(q / 100 * len(values)))
-    return values[rank - 1]
 
 
 def peak_gpus(result: Result) -> int:
@@ -32,16 +26,14 @@ def peak_gpus(result: Result) -> int:
 
 
 def summary(result: Result, slo_seconds: float) -> dict[str, Any]:
-    by_workflow: dict[str, list[float]] = defaultdict(list)
-    for outcome in result.outcomes:
-        by_workflow[outcome.workflow].append(outcome.latency)
-    everything = sorted(o.latency for o in result.outcomes)
+    """Percentiles and SLO attainment are exact when the run kept every outcome, and from its
+    latency histograms (`latency.py`: within 0.1%) when it did not."""
     workflows = {}
-    for name, latencies in sorted(by_workflow.items()):
-        latencies.sort()
-        workflows[name] = {"requests": len(latencies), "p50": percentile(latencies, 50),
-                           "p95": percentile(latencies, 95), "p99": percentile(latencies, 99),
-                           "slo_attainment": sum(x <= slo_seconds for x in latencies) / len(latencies)}
+    for name, latencies in sorted(result.latencies.items()):
+        workflows[name] = {"requests": latencies.count, "p50": latencies.percentile(50),
+                           "p95": latencies.percentile(95), "p99": latencies.percentile(99),
+                           "slo_attainment": latencies.within(slo_seconds)}
+    everything = latency.merged(list(result.latencies.values()))
     pools = {}
     for name, state in result.pools.items():
         seconds = sum(r.removed - r.created for r in state.replicas)
@@ -49,36 +41,38 @@ def summary(result: Result, slo_seconds: float) -> dict[str, Any]:
                        "gpu_hours": seconds * state.model.gpus / 3600,
                        "max_replicas": max(n for _, n in state.timeline), "timeline": state.timeline}
     lookups = sum(result.cache_lookups.values())
-    blocked = [o.lora_blocked_seconds for o in result.outcomes]
     return {
-        "requests": len(result.outcomes), "simulated_seconds": result.end, "events": result.events,
+        "requests": everything.count, "simulated_seconds": result.end, "events": result.events,
         "slo_seconds": slo_seconds,
-        "p50": percentile(everything, 50) if everything else None,
-        "p95": percentile(everything, 95) if everything else None,
+        "p50": everything.percentile(50) if everything.count else None,
+        "p95": everything.percentile(95) if everything.count else None,
         "gpu_hours": sum(p["gpu_hours"] for p in pools.values()), "peak_gpus": peak_gpus(result),
         "controlnet_cache_hit_rate": sum(result.cache_hits.values()) / lookups if lookups else None,
-        "lora_blocked_requests": sum(b > 0 for b in blocked), "lora_blocked_seconds": sum(blocked),
+        "lora_blocked_requests": result.lora_blocked_requests, "lora_blocked_seconds": result.lora_blocked_seconds,
         "workflows": workflows, "pools": pools,
     }
 
 
 def write(folder: Path, result: Result, report: dict[str, Any]) -> list[Path]:
-    """summary.json, requests.csv and replicas.csv in `folder`, plus plots if matplotlib is there."""
+    """summary.json, replicas.csv and, when the run kept every outcome, requests.csv in `folder`,
+    plus plots if matplotlib is there."""
     folder.mkdir(parents=True, exist_ok=True)
-    written = [folder / "summary.json", folder / "requests.csv", folder / "replicas.csv"]
+    written = [folder / "summary.json", folder / "replicas.csv"]
     written[0].write_text(json.dumps(report, indent=2) + "\n")
     with written[1].open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["arrival_seconds", "workflow", "start_seconds", "finish_seconds", "latency_seconds",
-                      "lora_blocked_seconds"])
-        for o in result.outcomes:
-            out.writerow([f"{o.arrival:.6f}", o.workflow, f"{o.start:.6f}", f"{o.finish:.6f}", f"{o.latency:.6f}",
-                          f"{o.lora_blocked_seconds:.6f}"])
-    with written[2].open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["pool", "seconds", "replicas"])
         for name, pool in report["pools"].items():
             out.writerows([name, f"{t:.3f}", n] for t, n in pool["timeline"])
+    if result.outcomes is not None:
+        written.append(folder / "requests.csv")
+        with written[-1].open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["arrival_seconds", "workflow", "start_seconds", "finish_seconds", "latency_seconds",
+                          "lora_blocked_seconds"])
+            for o in result.outcomes:
+                out.writerow([f"{o.arrival:.6f}", o.workflow, f"{o.start:.6f}", f"{o.finish:.6f}",
+                              f"{o.latency:.6f}", f"{o.lora_blocked_seconds:.6f}"])
     return written + plot(folder, result, report)
 
 
@@ -92,8 +86,7 @@ def plot(folder: Path, result: Result, report: dict[str, Any]) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in report["workflows"]:
-        latencies = sorted(o.latency for o in result.outcomes if o.workflow == name)
-        ax.plot(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))], label=name)
+        ax.plot(*result.latencies[name].cdf(), label=name)
     ax.axvline(report["slo_seconds"], color="grey", linestyle="--", label="SLO")
     ax.set(xlabel="latency (s)", ylabel="share of requests", title="Latency CDF per workflow")
     ax.legend(fontsize="small")
