@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv protos crds demo test testbed prometheus cluster-up cluster-down fleet-up fleet-down clean
+.PHONY: venv protos crds demo test calibrate testbed prometheus cluster-up cluster-down fleet-up fleet-down clean
 
 venv: $(STAMP) protos
 
@@ -51,6 +51,11 @@ fleet-up: venv testbed
 
 fleet-down:
 	SWIFTDIFFUSION_TESTBED_DIR=$(FLEET_DIR) $(PY) -m tests.testbed.cli down
+
+# The planner against the fleet (issue 13): a trace with a burst replayed on autoscaled runtime
+# pods and through the simulator; prints the comparison (docs/planner.md, Calibrating).
+calibrate: venv testbed prometheus
+	$(PY) -m pytest -m calibration -s $(PYTEST_ARGS)
 
 demo: venv
 	$(PY) -m swiftdiffusion.runtime.dev.demo

@@ -2,15 +2,16 @@
 runtime pods autoscaled by KEDA and the HPA, and through the simulator, with a profile that
 `swiftdiffusion profile` measures on this machine just before.
 
-Kept: the replica timelines within one replica at every half minute (the HPA's phase, which
-no plan can know, is taken from the fleet's first scaling) and the ControlNet cache hit rate
-within 5 points. Every pod of the test bed runs on this machine's cores, so the simulator is
+Checked (`make calibrate`, not part of `make test` until it holds): the replica timelines
+within one replica at every half minute (the HPA's phase, which no plan can know, is taken
+from the fleet's first scaling) and the ControlNet cache hit rate within 5 points. Every pod of the test bed runs on this machine's cores, so the simulator is
 told so (`shared_cores`, less what the test bed itself keeps busy); on a GPU fleet each
 replica has its own devices.
 
-Latency is printed, not yet kept: on this 2-core test bed the fleet serves about 25% slower
-than the profile when quiet and 2-3x slower during the burst, when five runtime processes and
-three starting pods share the cores (docs/planner.md, Calibration).
+Latency is printed, not yet checked: on this 2-core test bed the fleet serves about 25%
+slower than the profile when quiet, and during the burst, when five runtime processes and
+three starting pods share the cores, the simulator is off by a factor of two or more, in
+either direction from run to run (docs/planner.md, Calibrating).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from tests.testbed.cluster import TestBed
 from tests.testbed.fleet import model_store
 from tests.testbed.waiting import eventually
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.calibration]
 
 STEPS, SIZE = 16, 64
 
