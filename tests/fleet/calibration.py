@@ -13,22 +13,20 @@ import os
 import random
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from swiftdiffusion.planner import report
 from swiftdiffusion.planner.simulate import Result
 from swiftdiffusion.planner.trace import Request
 from swiftdiffusion.runtime import metric_names
 from swiftdiffusion.runtime.client import generate, generate_request
-from swiftdiffusion.runtime.config import METRICS_PORT
-from tests.fleet.traffic import PNG, control_image, is_ready, ready_since, seconds_between
+from tests.fleet.traffic import PNG, control_image, is_ready, pod_samples, ready_since, seconds_between
 from tests.reconcile.fixtures import Cluster
 
 # (start, end, load): quiet, a burst the minimum cannot serve, quiet again; load in units of
@@ -90,9 +88,7 @@ class FleetRun:
 
 
 def cache_counters(pod_ip: str) -> tuple[float, float]:
-    with urllib.request.urlopen(f"http://{pod_ip}:{METRICS_PORT}/metrics", timeout=2) as response:
-        text = response.read().decode()
-    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    values = {s.name: s.value for s in pod_samples(pod_ip, timeout=2)}
     return (values.get(metric_names.CONTROLNET_CACHE_HITS_TOTAL, 0.0),
             values.get(metric_names.CONTROLNET_CACHE_MISSES_TOTAL, 0.0))
 
@@ -100,6 +96,7 @@ def cache_counters(pod_ip: str) -> tuple[float, float]:
 def _sample(cluster: Cluster, pools: Sequence[str], controlnet_pool: str, run: FleetRun, elapsed: float,
             started_at: float) -> None:
     hpas = {h["metadata"]["name"]: h for h in cluster.list("autoscaling/v2", "horizontalpodautoscalers")}
+    pods: dict[str, list[dict[str, Any]]] = {}
     for pool in pools:
         hpa = hpas.get(f"keda-hpa-{pool}", {})  # KEDA's name for a ScaledObject's HPA
         if scaled := hpa.get("status", {}).get("lastScaleTime"):
@@ -108,11 +105,12 @@ def _sample(cluster: Cluster, pools: Sequence[str], controlnet_pool: str, run: F
                 run.scale_times[pool].append(moment)
         deployment = cluster.get("apps/v1", "Deployment", pool) or {}
         run.replicas.setdefault(pool, []).append((elapsed, deployment.get("spec", {}).get("replicas", 0)))
-        for pod in cluster.pods(pool):
+        pods[pool] = cluster.pods(pool)
+        for pod in pods[pool]:
             if is_ready(pod) and pod["metadata"]["name"] not in run.pod_starts:
                 run.pod_starts[pod["metadata"]["name"]] = seconds_between(pod["metadata"]["creationTimestamp"],
                                                                           ready_since(pod))
-    for pod in cluster.pods(controlnet_pool):
+    for pod in pods[controlnet_pool]:
         ip = pod.get("status", {}).get("podIP")
         if ip:
             try:

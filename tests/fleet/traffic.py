@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from swiftdiffusion.operator import kube
 from swiftdiffusion.runtime import metric_names
@@ -45,12 +46,16 @@ def small_request(workflow: dict[str, Any], seed: int = 0, steps: int = 3) -> ba
                             controlnets=controlnets, loras=loras)
 
 
-def served_requests(pod: dict[str, Any]) -> float:
-    """Requests a pod finished with OK (a ControlNet pod's: residual sessions), from its own
-    /metrics on its own address."""
-    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics", timeout=5) as response:
+def pod_samples(pod_ip: str, timeout: float = 5) -> list[Sample]:
+    """Every sample of a pod's own /metrics, read on its own address."""
+    with urllib.request.urlopen(f"http://{pod_ip}:{METRICS_PORT}/metrics", timeout=timeout) as response:
         text = response.read().decode()
-    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def served_requests(pod: dict[str, Any]) -> float:
+    """Requests a pod finished with OK (a ControlNet pod's: residual sessions)."""
+    return sum(sample.value for sample in pod_samples(pod["status"]["podIP"])
                if sample.name == metric_names.REQUESTS_TOTAL and sample.labels.get("code") == "OK")
 
 

@@ -165,7 +165,8 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
                   resident_controlnets=len(controlnets))
 
 
-def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn_metrics: dict[str, float], base_metrics: dict[str, float], resident_controlnets: int) -> dict[str, object]:
+def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn_metrics: dict[str, float],
+           base_metrics: dict[str, float], resident_controlnets: int) -> dict[str, object]:
     """Profile fields from the samples (medians over the rounds)."""
     plain = probes["0 ControlNets"]
     base_step = plain.median(lambda s: s.timings["denoise"] / steps)
@@ -179,8 +180,8 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
     waited = [p.median(lambda s: s.round_trip - s.timings.get("residual_wait", 0.0) / steps)
               for _, p in with_cn if p.median(lambda s: s.timings.get("residual_wait", 0.0)) > 0.01 * steps * base_step]
     encoder = statistics.median(waited) if waited else max(p.median(lambda s: s.round_trip) for _, p in with_cn)
-    merges = [(probes[f"{n} LoRAs"].median(lambda s: s.timings["denoise"]) - plain.median(lambda s: s.timings["denoise"]))
-              / n for n in (1, 2)]
+    plain_loop = plain.median(lambda s: s.timings["denoise"])
+    merges = [(probes[f"{n} LoRAs"].median(lambda s: s.timings["denoise"]) - plain_loop) / n for n in (1, 2)]
     lora_load = _mean(base_metrics, {}, names.LORA_LOAD_SECONDS)
     merge = max(0.0, statistics.mean(merges))
     controlnet_load = _mean(cn_metrics, {}, names.MODEL_LOAD_SECONDS, kind="controlnet")
