@@ -3,18 +3,28 @@ its pid recorded in the state directory, so `down` finds them from any process."
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-_PR_SET_PDEATHSIG = 1
+SETPRIV = "/usr/bin/setpriv"  # util-linux, in every Debian
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def popen_tied(argv: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Starts `argv` so that the kernel kills it when the thread that started it ends
+    (PR_SET_PDEATHSIG), and returns once it runs `argv[0]` itself.
+
+    util-linux's setpriv sets the signal and then execs: a `preexec_fn` doing the same would
+    run Python in the child of a multi-threaded process, which can deadlock or abort.
+    """
+    process = subprocess.Popen([SETPRIV, "--pdeathsig", "KILL", "--", *argv], **options)
+    deadline = time.monotonic() + 10
+    while _executable(process.pid) == SETPRIV and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return process
 
 
 def start(name: str, argv: list[str], state: Path, *, tied_to_parent: bool, env: dict[str, str] | None = None) -> int:
@@ -26,27 +36,25 @@ def start(name: str, argv: list[str], state: Path, *, tied_to_parent: bool, env:
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if tied_to_parent else None,
-            env=env,
-        )
+        options: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT,
+                                   "start_new_session": True, "env": env}
+        process = popen_tied(argv, **options) if tied_to_parent else subprocess.Popen(argv, **options)
     pids = state / "pids"
     pids.mkdir(exist_ok=True)
     (pids / name).write_text(f"{process.pid} {os.path.realpath(argv[0])}\n")
     return process.pid
 
 
+def _executable(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
 def _alive_as(pid: int, executable: str) -> bool:
     """True while `pid` runs `executable` (guards against a recycled pid)."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe") == executable
-    except OSError:
-        return False
+    return _executable(pid) == executable
 
 
 def recorded(state: Path) -> dict[str, tuple[int, str]]:

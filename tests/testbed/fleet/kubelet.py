@@ -15,7 +15,6 @@ loopback API server, and no reconnect logic to get wrong.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import os
 import signal
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from swiftdiffusion.runtime.serving.grpc_common import check_health
-from tests.testbed import nodes
+from tests.testbed import nodes, processes
 from tests.testbed.api import ApiClient
 from tests.testbed.fleet import container
 from tests.testbed.fleet.network import FleetNetwork, resolv_conf
@@ -104,11 +103,6 @@ class Probe:
             return True if self.successes >= int(self.spec.get("successThreshold", 1)) else None
         self.successes, self.failures = 0, self.failures + 1
         return False if self.failures >= int(self.spec.get("failureThreshold", 3)) else None
-
-
-def _die_with_parent() -> None:
-    os.setsid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -278,10 +272,9 @@ class PodWorker:
 
     def start_process(self, spec: container.Launch) -> None:
         log = (self.folder / "runtime.log").open("ab")
-        self.process = subprocess.Popen(
+        self.process = processes.popen_tied(
             container.namespaced_argv(spec, self.folder / "resolv.conf"), env=spec.env, cwd="/",
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-        )
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.started_at = now()
         self.ready = False
