@@ -15,4 +15,5 @@ pytest_plugins: list[str] = [
     "tests.reconcile.fixtures",
     "tests.chart.fixtures",
     "tests.images.fixtures",
+    "tests.workers",
 ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
 import signal
 import socket
 import subprocess

@@ -1,0 +1,49 @@
+"""How `make test` spreads the suite over two pytest-xdist workers on two cores.
+
+Tests are scheduled in groups, one group to one worker at a time: the fleet (its test bed
+runs pods as runtime processes and owns the cluster DNS address: one per machine), the
+folders that share the session's test bed (started once per worker that needs it), and the
+torch-heavy folders (one model at a time beside the fleet's pods). Anything else is light and
+goes wherever a worker is free. The fleet, the longest group, is sent first.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+GROUPS = {
+    "fleet": "fleet",
+    **dict.fromkeys(("reconcile", "chart", "gitops", "monitoring", "cluster", "testbed", "images"), "testbed"),
+    **dict.fromkeys(("runtime", "cfg", "lora", "bench"), "torch"),
+}
+ORDER = ("fleet", "testbed", "torch")
+
+
+def group_of(nodeid: str) -> str:
+    """The group of a test (`tests/<folder>/...::name`), or its own file when it has none."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    return GROUPS.get(parts[1], path) if len(parts) > 2 else path
+
+
+def _rank(item: pytest.Item) -> int:
+    group = group_of(item.nodeid)
+    return ORDER.index(group) if group in ORDER else len(ORDER)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture, which this keeps within a group
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order above, not xdist's by test count
+    return ByGroup(config, log)
