@@ -2,23 +2,26 @@
 runtime pods autoscaled by KEDA and the HPA, and through the simulator, with a profile that
 `swiftdiffusion profile` measures on this machine just before.
 
-Checked (`make calibrate`, not part of `make test` until it holds): the replica timelines
-within one replica at every half minute (the HPA's phase, which no plan can know, is taken
-from the fleet's first scaling) and the ControlNet cache hit rate within 5 points. Every pod of the test bed runs on this machine's cores, so the simulator is
-told so (`shared_cores`, less what the test bed itself keeps busy); on a GPU fleet each
-replica has its own devices.
+Every pod has a CPU limit, which the fleet's kubelet enforces with a CFS quota as the kubelet
+does, and the profile's services run under the same limit: each replica then has a device of
+its own speed, as on a GPU fleet, and the limits of the most pods the workflow scales to
+fit in the cores the test bed leaves free (unlimited, the pods of this 2-core machine slow
+each other down by more than processor sharing models).
 
-Latency is printed, not yet checked: on this 2-core test bed the fleet serves about 25%
-slower than the profile when quiet, and during the burst, when five runtime processes and
-three starting pods share the cores, the simulator is off by a factor of two or more, in
-either direction from run to run (docs/planner.md, Calibrating).
+Checked (`make calibrate`, not part of `make test` until all of it holds): the replica
+timelines within one replica at every half minute (the HPA's phase, which no plan can know,
+is taken from the fleet's first scaling) and the ControlNet cache hit rate within 5 points.
+Latency is printed, not yet checked: it is not within 20% (docs/planner.md, Calibrating).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +34,18 @@ from swiftdiffusion.planner import fleet as planner_fleet
 from swiftdiffusion.planner import profile, service, trace, workflows
 from swiftdiffusion.planner.simulate import Simulation
 from swiftdiffusion.runtime.dev import service_profile
+from swiftdiffusion.runtime.dev.local_stack import Launcher
 from tests.fleet import calibration
 from tests.fleet.traffic import service_target
 from tests.reconcile.fixtures import Cluster
 from tests.testbed.cluster import TestBed
-from tests.testbed.fleet import model_store
+from tests.testbed.fleet import cpu, model_store, prometheus
 from tests.testbed.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.calibration]
 
 STEPS, SIZE = 16, 64
+CPU_LIMIT = 0.3  # cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1.5 of the 2 busy
 
 
 def calibration_workflow(controlnet_bytes: int) -> dict[str, Any]:
@@ -56,7 +61,20 @@ def calibration_workflow(controlnet_bytes: int) -> dict[str, Any]:
     spec["controlnetPool"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 2,
                                              "targetInFlightPerReplica": 2, "scaleDownStabilizationSeconds": 30}
     spec["controlnetPool"]["cacheBytes"] = controlnet_bytes * 3 // 2
+    for pool in ("basePool", "controlnetPool"):
+        spec[pool]["resources"] = {"limits": {"cpu": f"{round(CPU_LIMIT * 1000)}m"}}
     return workflow
+
+
+@contextlib.contextmanager
+def limited_services() -> Iterator[Launcher]:
+    """Starts each profiled service in a cgroup of its own with the pods' CPU limit."""
+    groups = {role: cpu.create(f"profile-{role}-{uuid.uuid4().hex[:8]}", CPU_LIMIT) for role in ("base", "controlnet")}
+    try:
+        yield lambda role, argv: cpu.joining(groups[role], argv)
+    finally:
+        for procs in groups.values():
+            cpu.remove(procs)
 
 
 def write_workflow(folder: Path, body: dict[str, Any]) -> Path:
@@ -67,7 +85,8 @@ def write_workflow(folder: Path, body: dict[str, Any]) -> Path:
 def test_the_simulator_predicts_the_fleet_under_a_burst(
         fleet: TestBed, fleet_cluster: Cluster, scaling_operator: LocalOperator, tiny_model_set: Path,
         tmp_path: Path) -> None:
-    measured = service_profile.measure(tiny_model_set, size=SIZE, steps=STEPS, repeats=2)
+    with limited_services() as launcher:
+        measured = service_profile.measure(tiny_model_set, size=SIZE, steps=STEPS, repeats=2, launcher=launcher)
     prof = profile.Profile.model_validate(measured)
     body = calibration_workflow(prof.controlnet_bytes)
     name = body["metadata"]["name"]
@@ -88,10 +107,10 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     wfs = workflows.load([write_workflow(tmp_path, body)])
     trace.write(tmp_path / "trace.csv", requests)
     replayed = trace.read(tmp_path / "trace.csv", {wf.name: wf for wf in wfs})
-    cores = len(os.sched_getaffinity(0)) - background  # what the test bed itself leaves to the pods
-    plan = planner_fleet.build(wfs)
+    free = len(os.sched_getaffinity(0)) - background  # what the test bed itself leaves to the pods
+    plan = dataclasses.replace(planner_fleet.build(wfs), scrape_interval=prometheus.SCRAPE_SECONDS)
     first_sync = run.first_sync(base, plan.sync_period)
-    result = Simulation(plan, wfs, prof, shared_cores=cores, first_sync=first_sync).run(replayed)
+    result = Simulation(plan, wfs, prof, first_sync=first_sync).run(replayed)  # each replica its own device
 
     duration = calibration.SEGMENTS[-1][1]
     outcome = calibration.compare(run, result, duration)
@@ -99,7 +118,9 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     (tmp_path / "fleet.json").write_text(json.dumps(dataclasses.asdict(run), indent=2))
     (tmp_path / "simulated.json").write_text(json.dumps([(o.arrival, o.latency) for o in result.outcomes]))
     starts = ", ".join(f"{s:.0f}" for s in sorted(run.pod_starts.values()))
-    print("\n".join(["calibration:", f"cores left to the pods: {cores:.2f}; first HPA sync at {first_sync} s",
+    most = CPU_LIMIT * sum(p.autoscaling.max_replicas for p in plan.pools.values())
+    print("\n".join(["calibration:", f"cores the test bed leaves free: {free:.2f}, the pods' limits add up to "
+                      f"{most:.2f} at most; first HPA sync at {first_sync} s",
                       *outcome.lines(), f"pod starts (created -> Ready): fleet {starts} s, "
                       f"profile {prof.pod_start_seconds:.1f} s", *run.failures]))
     assert run.failures == []

@@ -1,6 +1,8 @@
 """The fleet model against cases a planner can work out by hand."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from swiftdiffusion.operator import autoscaling, render
@@ -147,6 +149,17 @@ def test_on_a_shared_host_two_busy_replicas_of_one_core_each_take_twice_as_long(
     assert latencies(together) == pytest.approx([2 * SERVICE] * 2)
     apart = Simulation(plan, wfs, PROFILE, shared_cores=2).run(every(0.0, 2))
     assert latencies(apart) == pytest.approx([SERVICE] * 2)
+
+
+def test_with_a_scrape_interval_the_hpa_scales_on_the_last_scrape_not_the_moment() -> None:
+    # Scrapes at 0, 10, 20 s; syncs at 15, 30 s. A backlog arriving at 11 s is not seen by the
+    # sync at 15 s (the last scrape, at 10 s, saw nothing), only by the one at 30 s.
+    burst = [Request(11.0 + i * 0.1, "w", (), (), 10, 64, 64) for i in range(40)]
+    wfs = [workflow("w", base_pool=AUTOSCALED)]
+    instant = Simulation(fleet.build(wfs), wfs, PROFILE).run(burst)
+    scraped = Simulation(dataclasses.replace(fleet.build(wfs), scrape_interval=10.0), wfs, PROFILE).run(burst)
+    assert instant.pools["swd-w-base"].timeline[1] == (15, 3)
+    assert scraped.pools["swd-w-base"].timeline[1] == (30, 3)
 
 
 def test_the_hpa_leaves_replicas_alone_within_its_tolerance() -> None:

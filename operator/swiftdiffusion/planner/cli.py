@@ -39,6 +39,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shared-cores", type=float, metavar="N",
                         help="every replica shares one host of N cores (a CPU test bed; time-sliced GPUs); "
                              "default: each replica has its own GPUs")
+    parser.add_argument("--scrape-interval", type=float, metavar="SECONDS",
+                        help="Prometheus's scrape interval for the runtime pods (the chart's ServiceMonitor: 30): "
+                             "the HPA sees demand as of the last scrape; default: as of its sync")
     parser.add_argument("--out", type=Path, default=Path("out/simulate"))
 
 
@@ -84,7 +87,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         for design in designs:
             rows.append(compare.run_design(wfs, requests, prof, design, args.slo_seconds,
                                            staging if len(designs) == 1 else staging / design, args.shared_cores,
-                                           args.budget_gpus))
+                                           args.budget_gpus, args.scrape_interval))
     except ValueError as e:  # a SimulationError, or a budget short of one replica per pool
         shutil.rmtree(staging)
         print(f"swiftdiffusion simulate: design {design}: {e}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """One trace through each design, and the cost-versus-latency table that compares them."""
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +26,23 @@ class Row:
 
 
 def simulate(workflows: Sequence[m.Workflow], requests: Sequence[Request], profile: Profile, design: str,
-             shared_cores: float | None = None, budget_gpus: int | None = None) -> tuple[Simulation, Result]:
+             shared_cores: float | None = None, budget_gpus: int | None = None,
+             scrape_interval: float | None = None) -> tuple[Simulation, Result]:
     """`design` (see `fleet.design_workflows`) replays `requests`; with `budget_gpus`, its pools
     are first provisioned with that many GPUs (`budget`)."""
     monolithic = design == fleet.MONOLITHIC
     wfs = fleet.design_workflows(workflows, design)
     if budget_gpus is not None:
         wfs = budget.within_budget(wfs, requests, profile, budget_gpus, monolithic=monolithic)
-    sim = Simulation(fleet.build(wfs, monolithic=monolithic), wfs, profile, monolithic=monolithic,
-                     shared_cores=shared_cores)
+    plan = dataclasses.replace(fleet.build(wfs, monolithic=monolithic), scrape_interval=scrape_interval)
+    sim = Simulation(plan, wfs, profile, monolithic=monolithic, shared_cores=shared_cores)
     return sim, sim.run(requests)
 
 
 def run_design(workflows: Sequence[m.Workflow], requests: Sequence[Request], profile: Profile, design: str,
                slo_seconds: float, folder: Path, shared_cores: float | None = None,
-               budget_gpus: int | None = None) -> Row:
-    _, result = simulate(workflows, requests, profile, design, shared_cores, budget_gpus)
+               budget_gpus: int | None = None, scrape_interval: float | None = None) -> Row:
+    _, result = simulate(workflows, requests, profile, design, shared_cores, budget_gpus, scrape_interval)
     summary = report.summary(result, slo_seconds)
     report.write(folder, result, summary)
     met = sum(w["slo_attainment"] * w["requests"] for w in summary["workflows"].values()) / max(1, len(requests))

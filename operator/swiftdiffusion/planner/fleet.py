@@ -40,6 +40,9 @@ class Fleet:
     base_pool: dict[str, str]  # workflow -> its base pool
     controlnet_pool: dict[str, str | None]  # workflow -> the pool running its ControlNets
     sync_period: float = HPA_SYNC_SECONDS
+    # Prometheus's scrape interval for the runtime pods: the HPA sees the in-flight gauges as
+    # of the last scrape (the chart's ServiceMonitor scrapes every 30 s). None: as of the sync.
+    scrape_interval: float | None = None
 
 
 def _pool_model(plan: render.PoolPlan, cache_bytes: int) -> PoolModel:

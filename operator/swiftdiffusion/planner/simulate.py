@@ -6,10 +6,11 @@ do a base request's ControlNet sessions over its ControlNet pool. Autoscaled poo
 resized every HPA sync period as the HPA does for the operator's ScaledObjects: desired
 = ceil(demand / target) within the bounds, unchanged within the HPA's 10% tolerance,
 demand = the pool's in-flight calls (a ControlNet pool: max(own sessions, sum of its
-callers' in-flight)), scale-up at most max(4 pods, 100%) per sync (the HPA's default
-policy), scale-down to the highest desired count of the stabilization window. New
-replicas serve after the profile's pod start; a removed replica takes no new request and
-leaves when its queue is empty.
+callers' in-flight)) at the sync, or at the last Prometheus scrape with a scrape interval,
+scale-up at most max(4 pods, 100%) per sync (the HPA's default policy), scale-down to
+the highest desired count of the stabilization window. New replicas serve after the
+profile's pod start; a removed replica takes no new request and leaves when its queue is
+empty.
 
 With `shared_cores` every replica runs on one host of that many cores (the CPU test bed;
 GPUs time-sliced between pods): busy replicas and starting pods share them as a processor
@@ -41,7 +42,7 @@ from swiftdiffusion.planner.host import SharedHost
 from swiftdiffusion.planner.profile import Profile
 from swiftdiffusion.planner.trace import Request
 
-DONE, READY, POLL, SHARED = range(4)
+DONE, READY, POLL, SHARED, SCRAPE = range(5)
 HPA_SCALE_UP_PODS = 4  # the HPA's default scale-up policy: max(4 pods, 100%) per period
 HPA_TOLERANCE = 0.1  # the HPA leaves replicas alone while demand / (target x replicas) is within 10% of 1
 SHAPES_CACHED = 4096  # request shapes (workflow, steps, size, ControlNets, LoRA bounds, misses) whose work is kept
@@ -88,6 +89,7 @@ class PoolState:
     callers: list[PoolState] = field(default_factory=list)  # a ControlNet pool's base pools
     cache_hits: int = 0
     cache_lookups: int = 0
+    scraped_demand: int = 0  # the demand the HPA last read, with a scrape interval
 
     def next_replica(self, now: float) -> Replica:
         """Round-robin over ready replicas (any starting one if none is ready yet)."""
@@ -248,6 +250,8 @@ class Simulation:
         `keep_outcomes=False` the result has latency histograms instead of every outcome."""
         if self.autoscaled:
             self._push(self.first_sync, POLL, None)
+            if self.fleet.scrape_interval:
+                self._push(0.0, SCRAPE, None)
         record = self._keep if keep_outcomes else self._tally
         arrivals = iter(requests)
         upcoming = next(arrivals, None)
@@ -282,6 +286,10 @@ class Simulation:
                 self._reschedule_host()
             elif kind == READY:
                 self._ready(payload, now)
+            elif kind == SCRAPE:
+                for state in self.autoscaled:
+                    state.scraped_demand = self._demand(state)
+                self._push(now + self.fleet.scrape_interval, SCRAPE, None)
             else:
                 self._poll(now)
                 self._push(now + self.fleet.sync_period, POLL, None)
@@ -390,7 +398,7 @@ class Simulation:
         for state in self.autoscaled:
             scaling = state.model.autoscaling
             current = len(state.live)
-            demand = self._demand(state)
+            demand = state.scraped_demand if self.fleet.scrape_interval else self._demand(state)
             if current and abs(demand / (scaling.target_in_flight_per_replica * current) - 1) <= HPA_TOLERANCE:
                 desired = current
             else:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from swiftdiffusion.runtime.config import BIND_ADDRESS_ENV
+from tests.testbed.fleet import cpu
 
 # Where paths that an emptyDir would hide are parked while it is mounted over them.
 STAGING = Path("/run/swiftdiffusion-fleet")
@@ -39,6 +40,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     mounts: list[Mount] = field(default_factory=list)
+    cpu_limit: float | None = None  # cores (resources.limits.cpu)
 
 
 def _field(pod: dict[str, Any], path: str, pod_ip: str) -> str:
@@ -96,15 +98,16 @@ def launch(pod: dict[str, Any], pod_ip: str, volumes: dict[str, Path | None],
     own = mounts(container, volumes)
     targets = {m.target for m in own}
     from_image = [Mount(target, source, read_only=True) for target, source in (image or {}).items() if target not in targets]
-    return Launch(argv, environment(pod, container, pod_ip), from_image + own)
+    return Launch(argv, environment(pod, container, pod_ip), from_image + own, cpu.limit_cores(container))
 
 
 def _under(path: Path, folder: str) -> bool:
     return path == Path(folder) or Path(folder) in path.parents
 
 
-def namespaced_argv(spec: Launch, resolv_conf: Path) -> list[str]:
-    """`unshare` into a private mount namespace, mount the volumes, exec the command.
+def namespaced_argv(spec: Launch, resolv_conf: Path, cgroup_procs: Path | None = None) -> list[str]:
+    """`unshare` into a private mount namespace, join the CPU limit's cgroup (`cgroup_procs`),
+    mount the volumes, exec the command.
 
     Bind mounts go first (their sources may lie where an emptyDir is mounted next); what
     the process itself runs from is parked in STAGING while an emptyDir covers it, then
@@ -114,6 +117,8 @@ def namespaced_argv(spec: Launch, resolv_conf: Path) -> list[str]:
     kept = [p for p in IMAGE_PATHS if any(_under(p, t) for t in tmpfs_targets)]
     kept = [p for p in kept if not any(q != p and q in p.parents for q in kept)]
     lines = ["set -e"]
+    if cgroup_procs is not None:
+        lines.append(f"echo $$ > {shlex.quote(str(cgroup_procs))}")
     for index, path in enumerate(kept):
         lines += [f"mkdir -p {STAGING}/keep-{index}", f"mount --bind {shlex.quote(str(path))} {STAGING}/keep-{index}"]
     for mount in spec.mounts:

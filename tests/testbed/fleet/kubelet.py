@@ -29,7 +29,7 @@ from typing import Any
 from swiftdiffusion.runtime.serving.grpc_common import check_health
 from tests.testbed import nodes, processes
 from tests.testbed.api import ApiClient
-from tests.testbed.fleet import container
+from tests.testbed.fleet import container, cpu
 from tests.testbed.fleet.network import FleetNetwork, resolv_conf
 
 POLL_SECONDS = 0.5
@@ -115,6 +115,7 @@ class PodWorker:
     folder: Path
     image: dict[str, Path]
     process: subprocess.Popen | None = None
+    cgroup: Path | None = None  # the CPU limit's cgroup.procs
     restarts: int = 0
     started: bool = False  # the startup probe passed
     ready: bool = False
@@ -201,6 +202,8 @@ class PodWorker:
                 time.sleep(POLL_SECONDS)
         finally:
             self.stop_process(signal.SIGKILL)
+            if self.cgroup is not None:
+                cpu.remove(self.cgroup)
         self.remove()
 
     def prepare(self) -> container.Launch | None:
@@ -217,6 +220,11 @@ class PodWorker:
                 time.sleep(2)
                 continue
             spec = container.launch(self.pod, self.ip, volumes, self.image)
+            if spec.cpu_limit is not None:
+                try:
+                    self.cgroup = cpu.create(self.pod["metadata"]["uid"], spec.cpu_limit)
+                except (cpu.CpuLimitError, OSError) as error:
+                    raise container.ContainerConfigError(f"limits.cpu: {error}") from error
             for path in container.mount_points(spec):
                 path.mkdir(parents=True, exist_ok=True)
             (self.folder / "resolv.conf").write_text(resolv_conf(self.network, self.pod["metadata"]["namespace"]))
@@ -272,7 +280,7 @@ class PodWorker:
     def start_process(self, spec: container.Launch) -> None:
         log = (self.folder / "runtime.log").open("ab")
         self.process = processes.popen_tied(
-            container.namespaced_argv(spec, self.folder / "resolv.conf"), env=spec.env, cwd="/",
+            container.namespaced_argv(spec, self.folder / "resolv.conf", self.cgroup), env=spec.env, cwd="/",
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.started_at = now()

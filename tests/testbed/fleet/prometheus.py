@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 NAME = "prometheus"  # process name, client cert (pki.CLIENTS) and folder in the state dir
 USER = "system:prometheus"
 JOB = "swiftdiffusion-runtime"
-SCRAPE_INTERVAL = "2s"  # short, for tests: an autoscaler reacts within a few scrapes
+SCRAPE_SECONDS = 2  # short, for tests: an autoscaler reacts within a few scrapes
+SCRAPE_INTERVAL = f"{SCRAPE_SECONDS}s"
 RUNTIME_POD_LABEL = ("app.kubernetes.io/name", "swiftdiffusion")
 POOL_LABEL = "swiftdiffusion.io/pool"
 METRICS_PORT_NAME = "metrics"

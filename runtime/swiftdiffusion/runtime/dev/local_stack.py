@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,12 +121,20 @@ class ServiceProcess:
                 self.process.wait()
 
 
-def start_service(role: str, config: RuntimeConfig, folder: Path, env: dict[str, str] | None = None) -> ServiceProcess:
+# Rewrites a service's command before it starts (role, argv -> argv): to run it under a
+# launcher, e.g. in a cgroup with a CPU limit as its pod has.
+Launcher = Callable[[str, list[str]], list[str]]
+
+
+def start_service(role: str, config: RuntimeConfig, folder: Path, env: dict[str, str] | None = None,
+                  launcher: Launcher | None = None) -> ServiceProcess:
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / f"{role}.yaml"
     config_path.write_text(dump_config(config))
     log = folder / f"{role}.log"
     command = [sys.executable, "-m", "swiftdiffusion.runtime.cli", f"serve-{role}", "--config", str(config_path)]
+    if launcher is not None:
+        command = launcher(role, command)
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return ServiceProcess(role, f"127.0.0.1:{config.grpc_port}", process, log)
@@ -140,13 +148,14 @@ class LocalStack:
 
 
 @contextmanager
-def local_stack(options: StackOptions, folder: Path, timeout: float = 180.0) -> Iterator[LocalStack]:
+def local_stack(options: StackOptions, folder: Path, timeout: float = 180.0,
+                launcher: Launcher | None = None) -> Iterator[LocalStack]:
     """Start the ControlNet and base services, wait until both are healthy, stop both after."""
     base_config, controlnet_config = stack_configs(options)
     with ExitStack() as stack:
-        controlnet = start_service("controlnet", controlnet_config, folder)
+        controlnet = start_service("controlnet", controlnet_config, folder, launcher=launcher)
         stack.callback(controlnet.stop)
-        base = start_service("base", base_config, folder)
+        base = start_service("base", base_config, folder, launcher=launcher)
         stack.callback(base.stop)
         controlnet.wait_healthy(timeout)
         base.wait_healthy(timeout)

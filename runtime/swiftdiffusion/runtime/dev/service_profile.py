@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from swiftdiffusion.runtime import metric_names as names
 from swiftdiffusion.runtime.client import GenerateReply, generate, generate_request
 from swiftdiffusion.runtime.config import Defaults, LoraEntry
-from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
+from swiftdiffusion.runtime.dev.local_stack import Launcher, StackOptions, local_stack
 
 CONTROL_COUNTS = (0, 1, 2, 3)
 LORAS = ("profile-a", "profile-b")
@@ -129,8 +129,9 @@ def _control_image(size: int, variant: int) -> bytes:
 
 
 def measure(models: Path, *, size: int, steps: int, repeats: int,
-            log: Callable[[str], None] = lambda _: None) -> dict[str, object]:
-    """The profile as a dict of `planner.profile.Profile` fields (validated by the planner)."""
+            log: Callable[[str], None] = lambda _: None, launcher: Launcher | None = None) -> dict[str, object]:
+    """The profile as a dict of `planner.profile.Profile` fields (validated by the planner).
+    `launcher` starts the services as the pods to be planned run (a CPU limit, say)."""
     from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set
 
     controlnets = sorted(p.name for p in (models / "controlnets").iterdir())[: max(CONTROL_COUNTS)]
@@ -140,7 +141,7 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
     images = [_control_image(size, i) for i in range(len(controlnets))]
     with tempfile.TemporaryDirectory(prefix="swiftdiffusion-profile-") as folder:
         started = time.monotonic()
-        with local_stack(options, Path(folder)) as stack:
+        with local_stack(options, Path(folder), launcher=launcher) as stack:
             pod_start = time.monotonic() - started
             log(f"both services serving after {pod_start:.1f} s")
             ports = (options.base_metrics_port, options.controlnet_metrics_port)

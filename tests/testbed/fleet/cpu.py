@@ -1,0 +1,68 @@
+"""A container's CPU limit as the kubelet enforces it: a CFS quota on the container's own
+cgroup, `limits.cpu` cores' worth of each period (cgroup v1's cpu controller, or v2's
+cpu.max).
+
+On the fleet a pod with a CPU limit is a replica with a device of its own speed, as a GPU is:
+pods whose limits add up to less than the machine's cores do not slow each other down.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+CGROUPS = Path("/sys/fs/cgroup")
+GROUP = "swiftdiffusion-fleet"
+# kubelet's --cpu-cfs-quota-period defaults to 100 ms; 10 ms here, so a throttled process
+# runs in slices shorter than one denoising step and a step's time is its CPU time / limit.
+PERIOD_US = 10_000
+
+
+class CpuLimitError(RuntimeError):
+    """A CPU limit this machine cannot enforce."""
+
+
+def limit_cores(container: dict[str, Any]) -> float | None:
+    """The container's `resources.limits.cpu` in cores, or None without one."""
+    value = container.get("resources", {}).get("limits", {}).get("cpu")
+    return None if value is None else float(parse_quantity(value))
+
+
+def _controller() -> Path:
+    """Where this machine's cpu controller lives: the v1 hierarchy, else the unified one."""
+    if (CGROUPS / "cpu" / "cpu.cfs_quota_us").exists():
+        return CGROUPS / "cpu"
+    unified = CGROUPS / "cgroup.controllers"
+    if unified.exists() and "cpu" in unified.read_text().split():
+        return CGROUPS
+    raise CpuLimitError("limits.cpu: this machine has no cgroup cpu controller to enforce it with")
+
+
+def create(name: str, cores: float) -> Path:
+    """A cgroup holding `cores` per period; returns its `cgroup.procs`, where a process writes
+    its pid to join it (children follow)."""
+    root = _controller()
+    parent, group = root / GROUP, root / GROUP / name
+    group.mkdir(parents=True, exist_ok=True)
+    quota = max(1000, round(cores * PERIOD_US))  # the kernel's floor is 1 ms
+    if (group / "cpu.cfs_quota_us").exists():
+        (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(quota))
+    else:
+        for level in (root, parent):
+            (level / "cgroup.subtree_control").write_text("+cpu")
+        (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+    return group / "cgroup.procs"
+
+
+def remove(procs: Path) -> None:
+    """The cgroup gone, once its processes have ended (the kernel refuses it before)."""
+    with contextlib.suppress(OSError):
+        procs.parent.rmdir()
+
+
+def joining(procs: Path, argv: list[str]) -> list[str]:
+    """`argv` run inside the cgroup whose `cgroup.procs` is `procs` (joined before exec)."""
+    return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *argv]

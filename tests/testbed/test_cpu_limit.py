@@ -1,0 +1,44 @@
+"""The fleet's kubelet enforces `limits.cpu` as the kubelet does, with a CFS quota: a
+process in the limit's cgroup gets that share of a core and no more."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.testbed.fleet import container, cpu
+
+BUSY = "import time\nend = time.process_time() + 0.2\nwhile time.process_time() < end: pass"
+
+
+@pytest.mark.parametrize(("value", "cores"), [("300m", 0.3), ("1", 1.0), ("1.5", 1.5), (None, None)])
+def test_the_limit_is_read_in_cores(value: str | None, cores: float | None) -> None:
+    spec = {"name": "runtime", "resources": {"limits": {"cpu": value}} if value else {}}
+    assert cpu.limit_cores(spec) == cores
+
+
+def test_a_pod_with_a_limit_joins_its_cgroup_before_its_command_runs() -> None:
+    launch = container.Launch(["python", "-m", "x"], {}, cpu_limit=0.3)
+    procs = cpu.CGROUPS / "cpu" / cpu.GROUP / "uid" / "cgroup.procs"
+    script = container.namespaced_argv(launch, cpu.CGROUPS / "resolv.conf", procs)[7]
+    assert script.splitlines()[:2] == ["set -e", f"echo $$ > {procs}"]
+    assert "echo" not in container.namespaced_argv(launch, cpu.CGROUPS / "resolv.conf")[7]
+
+
+def test_a_process_in_the_limits_cgroup_runs_at_the_limit_and_the_cgroup_goes_after_it() -> None:
+    procs = cpu.create(f"test-{uuid.uuid4().hex[:8]}", 0.25)
+    try:
+        started = time.monotonic()
+        subprocess.run(cpu.joining(procs, [sys.executable, "-c", BUSY]), check=True, timeout=30)
+        elapsed = time.monotonic() - started
+        stat = dict(line.split() for line in (procs.parent / "cpu.stat").read_text().splitlines())
+    finally:
+        cpu.remove(procs)
+    assert int(stat["nr_throttled"]) > 0
+    # 0.2 s of CPU at a quarter of a core: at least 0.8 s (1 s less a period's slack), where
+    # unlimited it takes 0.2 s plus start-up
+    assert elapsed >= 0.7, elapsed
+    assert not procs.parent.exists()
