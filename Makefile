@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# uv installs from its cache (~/.cache/uv) by hard links: seconds where pip takes a minute
+# uv installs from its cache (~/.cache/uv) by hard links: seconds where pip takes a minute;
+# it trusts the system's certificates (a registry proxy's CA), as pip does through pip.conf
 UV_VERSION := 0.13.9
 PYTEST_ARGS ?=
 # Two workers for two cores; tests/workers.py decides which tests share one (0: a single process)
@@ -20,7 +21,7 @@ venv: $(STAMP) protos
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[runtime,test]'
+	$(VENV)/bin/uv pip install --quiet --system-certs --python $(PY) -e '.[runtime,test]'
 	touch $@
 
 crds: $(STAMP)
