@@ -38,6 +38,7 @@ from swiftdiffusion.runtime.dev.local_stack import Launcher
 from tests.fleet import calibration
 from tests.fleet.traffic import service_target
 from tests.reconcile.fixtures import Cluster
+from tests.testbed import components
 from tests.testbed.cluster import TestBed
 from tests.testbed.fleet import cpu, model_store, prometheus
 from tests.testbed.waiting import eventually
@@ -108,7 +109,8 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     trace.write(tmp_path / "trace.csv", requests)
     replayed = trace.read(tmp_path / "trace.csv", {wf.name: wf for wf in wfs})
     free = len(os.sched_getaffinity(0)) - background  # what the test bed itself leaves to the pods
-    plan = dataclasses.replace(planner_fleet.build(wfs), scrape_interval=prometheus.SCRAPE_SECONDS)
+    plan = dataclasses.replace(planner_fleet.build(wfs), sync_period=components.HPA_SYNC_SECONDS,
+                               scrape_interval=prometheus.SCRAPE_SECONDS)  # the test bed's, not the defaults
     first_sync = run.first_sync(base, plan.sync_period)
     result = Simulation(plan, wfs, prof, first_sync=first_sync).run(replayed)  # each replica its own device
 

@@ -65,11 +65,16 @@ def test_controlnet_sessions_spread_follow_scaling_and_survive_rollouts(fleet: T
     target = service_target(fleet, fleet_cluster.namespace, base_pool)
     base_uids = {p["metadata"]["uid"] for p in fleet_cluster.pods(base_pool)}
 
-    # Balance: 60 requests from 6 clients over 2 base and 3 ControlNet replicas.
+    # Balance: 60 requests from 6 clients over 2 base and 3 ControlNet replicas, once every
+    # ControlNet replica is in the base pods' resolution (one Ready after a base pod resolved
+    # joins at its next re-resolution, as the scale-out below measures).
+    cn_pods = ready_pods(fleet_cluster, cn_pool)
     with Load(target, workflow) as load:
-        load.wait_for(60)
+        eventually(lambda: all(served_requests(p) > 0 for p in cn_pods), timeout=60, interval=0.5)
+        before = {p["metadata"]["name"]: served_requests(p) for p in cn_pods}
+        load.wait_for(len(load.latencies) + 60)
     assert load.failures == []
-    counts = {p["metadata"]["name"]: served_requests(p) for p in ready_pods(fleet_cluster, cn_pool)}
+    counts = {p["metadata"]["name"]: served_requests(p) - before[p["metadata"]["name"]] for p in cn_pods}
     mean = statistics.mean(counts.values())
     print(f"sessions per ControlNet replica: {counts}; latency p50 {statistics.median(load.latencies):.2f} s, "
           f"p99 {sorted(load.latencies)[int(0.99 * (len(load.latencies) - 1))]:.2f} s")
