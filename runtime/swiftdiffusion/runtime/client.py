@@ -46,8 +46,12 @@ def generate_request(
     )
 
 
-# A seeded Generate is idempotent: one the server never started is tried again.
-CLIENT_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, *retry_unstarted("swiftdiffusion.v1.BaseService")]
+# A seeded Generate is idempotent: one the server never started is tried again. Each call
+# has a connection of its own: gRPC otherwise shares one connection between the channels of a
+# process to the same address, and behind a Service's cluster IP (balanced per connection,
+# as kube-proxy does) concurrent calls would all reach one pod until the server ends it.
+CLIENT_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, *retry_unstarted("swiftdiffusion.v1.BaseService"),
+                          ("grpc.use_local_subchannel_pool", 1)]
 
 
 def generate(target: str, request: base_pb2.GenerateRequest, timeout: float | None = 600.0) -> GenerateReply:
