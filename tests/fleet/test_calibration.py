@@ -58,7 +58,7 @@ def calibration_workflow(controlnet_bytes: int) -> dict[str, Any]:
     spec = workflow["spec"]
     spec["base"]["dtype"] = "float32"
     spec["basePool"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 3,
-                                       "targetInFlightPerReplica": 1, "scaleDownStabilizationSeconds": 30}
+                                       "targetInFlightPerReplica": 2, "scaleDownStabilizationSeconds": 30}
     spec["controlnetPool"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 2,
                                              "targetInFlightPerReplica": 2, "scaleDownStabilizationSeconds": 30}
     spec["controlnetPool"]["cacheBytes"] = controlnet_bytes * 3 // 2
