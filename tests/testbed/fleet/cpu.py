@@ -37,7 +37,7 @@ def _controller() -> Path:
     unified = CGROUPS / "cgroup.controllers"
     if unified.exists() and "cpu" in unified.read_text().split():
         return CGROUPS
-    raise CpuLimitError("limits.cpu: this machine has no cgroup cpu controller to enforce it with")
+    raise CpuLimitError("this machine has no cgroup cpu controller to enforce it with")
 
 
 def create(name: str, cores: float) -> Path:
