@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes.client import ApiClient
+from kubernetes.client.exceptions import ApiException
 
 from swiftdiffusion.operator import crd, kube, rbac, render
 from swiftdiffusion.operator import model as m
@@ -72,11 +73,32 @@ def keda_crds(k8s_client: ApiClient) -> Iterator[list[str]]:
     try:
         yield [c["metadata"]["name"] for c in crds]
     finally:
+        delete_crds(k8s_client, paths, "keda.sh/v1alpha1")
+
+
+def delete_crds(api: ApiClient, paths: list[str], api_version: str, timeout: float = 180) -> None:
+    """Deletes CRDs and waits until `api_version` is no longer served.
+
+    The API server's CRD finalizer retries a failed cleanup of the instances (a list refused
+    while a fresh storage's watch cache initializes) with exponential back-off, so after a
+    minute of failures its next try is minutes away. Any change to a terminating CRD queues
+    it again at once: a waiting CRD gets a new annotation every few seconds."""
+    for path in paths:
+        kube.request(api, "DELETE", path)
+
+    def gone() -> bool:
+        if not kube.api_served(api, api_version):
+            return True
+        terminating = []
         for path in paths:
-            kube.request(k8s_client, "DELETE", path)
-        # A CRD deleted soon after it was made can find its storage still initializing; the
-        # cleanup finalizer retries with back-off, so give it longer than the first wait.
-        eventually(lambda: not kube.api_served(k8s_client, "keda.sh/v1alpha1"), timeout=180)
+            with contextlib.suppress(ApiException):  # a 404: that one is gone
+                crd_now = kube.request(api, "PATCH", path, body={"metadata": {"annotations": {
+                    "tests.swiftdiffusion.io/requeued": str(time.time())}}}, content_type="application/merge-patch+json")
+                terminating += [f"{crd_now['metadata']['name']}: {c.get('message')}"
+                                for c in crd_now.get("status", {}).get("conditions", []) if c["type"] == "Terminating"]
+        raise AssertionError("; ".join(terminating) or f"{api_version} still served")  # what eventually reports
+
+    eventually(gone, timeout=timeout, interval=5)
 
 
 def service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: str, target: pathlib.Path) -> str:
