@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from swiftdiffusion.runtime.config import ControlNetEntry, RuntimeConfig
-from swiftdiffusion.runtime.serving.model_store import ModelStoreError, controlnet_loader, prepare_models, resolve
+from swiftdiffusion.runtime.controlnet.loader import controlnet_loader
+from swiftdiffusion.runtime.serving.model_store import ModelStoreError, prepare_models, resolve
 
 CANNY_ID = "diffusers/controlnet-canny-sdxl-1.0"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

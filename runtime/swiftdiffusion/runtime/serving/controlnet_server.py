@@ -21,7 +21,7 @@ from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
 from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_grpc
 from swiftdiffusion.runtime.serving.grpc_common import accounted, mark_serving
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
-from swiftdiffusion.runtime.serving.model_store import controlnet_loader
+from swiftdiffusion.runtime.controlnet.loader import controlnet_loader
 from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
 from swiftdiffusion.runtime.transport.residual_source import ControlNetUse, ResidualRequest
 from swiftdiffusion.runtime.transport.tensor_codec import WIRE_DTYPES, from_wire, wire_bytes, write_wire

@@ -6,6 +6,9 @@ in the store's hub cache (`models--org--name`, as `huggingface-cli download --ca
 leaves it). With `modelDownloads` off the runtime never touches the network: a model not in
 the store ends the start with one line naming it. With it on (a writable PVC), a missing
 hub id is downloaded into the store on the first start and found there on every later one.
+
+Nothing here imports torch: a pod that cannot start says why within a second, not after the
+seconds torch and diffusers take to import.
 """
 from __future__ import annotations
 
@@ -13,10 +16,7 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from swiftdiffusion.runtime.config import RuntimeConfig
-from swiftdiffusion.runtime.pipeline.base_model import DTYPES
 
 # What the loaders read, so a download fetches neither other formats nor variants: diffusers
 # loads the non-variant safetensors of each component when no variant is asked for.
@@ -114,18 +114,3 @@ def prepare_models(config: RuntimeConfig) -> None:
                 raise ModelStoreError(f"{what} {reference}: not in {where} and modelDownloads is off")
             _download(what, reference, revision, files, store)
         _check_readable(what, reference, Path(resolve(reference, store, revision)))
-
-
-def controlnet_loader(config: RuntimeConfig, device: torch.device, dtype: str):
-    """name -> ControlNetModel on `device`, for the models listed under `controlnets:`."""
-    from diffusers import ControlNetModel
-
-    references = {entry.name: entry.model or entry.name for entry in config.controlnets}
-
-    def load(name: str) -> torch.nn.Module:
-        model = ControlNetModel.from_pretrained(
-            resolve(references[name], config.model_store), cache_dir=config.model_store, torch_dtype=DTYPES[dtype]
-        )
-        return model.to(device).eval()
-
-    return load

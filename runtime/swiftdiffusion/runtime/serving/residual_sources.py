@@ -11,7 +11,7 @@ from swiftdiffusion.runtime.config import RuntimeConfig
 from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
 from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
-from swiftdiffusion.runtime.serving.model_store import controlnet_loader
+from swiftdiffusion.runtime.controlnet.loader import controlnet_loader
 from swiftdiffusion.runtime.transport.grpc_source import GrpcResidualSource
 from swiftdiffusion.runtime.transport.inprocess import InProcessResidualSource
 from swiftdiffusion.runtime.transport.residual_source import ResidualSource
