@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
@@ -117,6 +118,22 @@ def test_shared_pool_bounds_are_the_operators_shared_bounds() -> None:
     assert plan.controlnet_pool == {"a": pool.name, "b": pool.name}
     result = Simulation(plan, [a, b], PROFILE).run(every(0.2, 100, "a", ("canny",)) + [])
     assert all(2 <= n <= 5 for _, n in result.pools[pool.name].timeline)
+
+
+def test_each_base_replica_takes_the_controlnet_replicas_in_turn_from_a_random_start() -> None:
+    """gRPC round_robin runs in each base pod's own channel: one turn per caller, not one per
+    pool, and a new start whenever the pool's ready replicas change."""
+    wf = workflow("w", controlnets=("canny",), base_pool={"replicas": 2}, controlnet_pool={"replicas": 3})
+    sim = Simulation(fleet.build([wf]), [wf], PROFILE, seed=7)
+    base, cn = sim.pools["swd-w-base"], sim.pools["swd-w-cn"]
+    draws = random.Random(7)
+    for caller in base.ready:
+        start = draws.randrange(3)
+        picked = [cn.ready.index(cn.pick_for(caller, 0.0, sim.rng)) for _ in range(6)]
+        assert picked == [(start + 1 + i) % 3 for i in range(6)]
+    sim._remove_replicas(cn, 1, 1.0)
+    first, second = (cn.ready.index(cn.pick_for(caller, 1.0, sim.rng)) for caller in base.ready)
+    assert (first, second) == ((draws.randrange(2) + 1) % 2, (draws.randrange(2) + 1) % 2)
 
 
 def test_designs_differ_only_in_where_controlnets_run() -> None:

@@ -1,8 +1,11 @@
 """Discrete-event replay of a trace through a `Fleet`.
 
 Base replicas serve one request at a time from their own queue; requests reach them
-round-robin (the gRPC round_robin policy over the pool Service's ready endpoints), and so
-do a base request's ControlNet sessions over its ControlNet pool. Autoscaled pools are
+round-robin over the pool Service's ready endpoints. A base request's ControlNet session
+goes to its ControlNet pool as gRPC's round_robin policy in the calling base replica's own
+channel sends it: each caller takes the ready replicas in turn from a random start, drawn
+again whenever the pool's ready replicas change (grpc-core builds a new picker then, with a
+random start, so that clients do not all begin on the same endpoint). Autoscaled pools are
 resized every HPA sync period as the HPA does for the operator's ScaledObjects: desired
 = ceil(demand / target) within the bounds, unchanged within the HPA's 10% tolerance,
 demand = the pool's in-flight calls (a ControlNet pool: max(own sessions, sum of its
@@ -27,6 +30,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import random
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +68,8 @@ class Replica:
     removed: float | None = None
     load: float = 0.0  # a ControlNet replica: the summed share of its open sessions
     sessions: int = 0
+    picker: int = -1  # a calling replica: the ControlNet pool's `endpoints` its picker was built for
+    picked: int = 0  # and its picker's last position over the ready replicas
 
     @property
     def idle(self) -> bool:
@@ -82,6 +88,7 @@ class PoolState:
     live: list[Replica] = field(default_factory=list)  # not draining: the Deployment's replicas
     ready: list[Replica] = field(default_factory=list)  # live and serving: the Service's endpoints
     turn: int = 0
+    endpoints: int = 0  # a version of `ready`, bumped whenever it changes
     in_flight: int = 0
     # (time, desired) of the scale-down window that may yet be its highest: decreasing, so the first is
     desired_window: deque[tuple[float, int]] = field(default_factory=deque)
@@ -93,12 +100,24 @@ class PoolState:
 
     def next_replica(self, now: float) -> Replica:
         """Round-robin over ready replicas (any starting one if none is ready yet)."""
+        choices = self._choices(now)
+        self.turn += 1
+        return choices[self.turn % len(choices)]
+
+    def pick_for(self, caller: Replica, now: float, rng: random.Random) -> Replica:
+        """The replica `caller`'s own round_robin picker takes next."""
+        choices = self._choices(now)
+        if caller.picker != self.endpoints:
+            caller.picker, caller.picked = self.endpoints, rng.randrange(len(choices))
+        caller.picked += 1
+        return choices[caller.picked % len(choices)]
+
+    def _choices(self, now: float) -> list[Replica]:
         choices = self.ready or self.live
         if not choices:
             raise SimulationError(f"at {now:.3f} s: pool {self.model.name} has no replicas to take a request "
                                   f"(replicas: 0 without autoscaling)")
-        self.turn += 1
-        return choices[self.turn % len(choices)]
+        return choices
 
 
 @dataclass(slots=True)
@@ -161,10 +180,13 @@ class _Job:
 
 class Simulation:
     def __init__(self, fleet: Fleet, workflows: Sequence[m.Workflow], profile: Profile, *,
-                 monolithic: bool = False, shared_cores: float | None = None, first_sync: float | None = None) -> None:
+                 monolithic: bool = False, shared_cores: float | None = None, first_sync: float | None = None,
+                 seed: int = 0) -> None:
         """`first_sync`: when the HPAs first sync (default: one period in); a real controller's
-        phase is its own, so a replay of a measured run passes the measured one."""
+        phase is its own, so a replay of a measured run passes the measured one. `seed`: of
+        the pickers' random starts."""
         self.fleet, self.profile, self.monolithic = fleet, profile, monolithic
+        self.rng = random.Random(seed)
         self.first_sync = fleet.sync_period if first_sync is None else first_sync
         self.host = SharedHost(shared_cores) if shared_cores else None
         self.host_version = 0
@@ -230,7 +252,9 @@ class Simulation:
     def _ready(self, replica: Replica, now: float) -> None:
         replica.ready_at = now
         if not replica.draining:
-            self.pools[replica.pool].ready.append(replica)
+            state = self.pools[replica.pool]
+            state.ready.append(replica)
+            state.endpoints += 1
         self._start_next(replica, now)
 
     def _remove_replicas(self, state: PoolState, count: int, now: float) -> None:
@@ -241,6 +265,7 @@ class Simulation:
             state.live.remove(replica)
             if replica in state.ready:
                 state.ready.remove(replica)
+                state.endpoints += 1
             if replica.idle:
                 replica.remove(now)
         state.timeline.append((now, len(state.live)))
@@ -353,7 +378,7 @@ class Simulation:
         (only a shared host asks)."""
         request, route = job.request, job.route
         names, cn_pool = request.controlnets, route.controlnets
-        cn = None if cn_pool is None or not names else cn_pool.next_replica(now)
+        cn = None if cn_pool is None or not names else cn_pool.pick_for(replica, now, self.rng)
         if cn is None:
             misses = self._lookups(replica, route.base, names) if self.monolithic else 0
         else:
