@@ -85,8 +85,11 @@ def _applied_while_rolling_out(cluster: Cluster, body: dict[str, Any], attempts:
         if run_health(first)["status"] == "Progressing":
             return applied, first
         cluster.delete_workflow(name)
+        uid = applied["metadata"]["uid"]  # the other workflows' children stay
         wait_until(lambda: kube.get(cluster.api, f"{m.GROUP}/{m.VERSION}", m.KIND, cluster.namespace, name) is None
-                   and not cluster.children(), timeout=60)
+                   and not [c for c in cluster.children()
+                            if any(ref["uid"] == uid for ref in c["metadata"].get("ownerReferences", []))],
+                   timeout=60)
     raise AssertionError(f"{name}: every first status was written after the rollout ({attempts} tries)")
 
 
