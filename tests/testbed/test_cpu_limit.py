@@ -42,3 +42,23 @@ def test_a_process_in_the_limits_cgroup_runs_at_the_limit_and_the_cgroup_goes_af
     # unlimited it takes 0.2 s plus start-up
     assert elapsed >= 0.7, elapsed
     assert not procs.parent.exists()
+
+
+def test_a_limited_process_keeps_its_share_while_the_machine_is_busy() -> None:
+    """24 busy processes in the root cgroup, each in a session of its own as the test bed's
+    daemons are (the kernel's autogroups weigh each session as one): at the default weight the
+    fleet's group would get 1 of 25 shares of the two cores (under a third of the limit)."""
+    procs = cpu.create(f"test-{uuid.uuid4().hex[:8]}", 0.25)
+    spinners = [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"], start_new_session=True) for _ in range(24)]
+    try:
+        started = time.monotonic()
+        subprocess.run(cpu.joining(procs, [sys.executable, "-c", BUSY]), check=True, timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+        cpu.remove(procs)
+    # 0.2 s of CPU (plus start-up) at a quarter of a core takes about 1 s; at 2/25 of two
+    # cores, over 3 s
+    assert elapsed < 2.0, elapsed

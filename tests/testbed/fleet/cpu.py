@@ -3,7 +3,12 @@ cgroup, `limits.cpu` cores' worth of each period (cgroup v1's cpu controller, or
 cpu.max).
 
 On the fleet a pod with a CPU limit is a replica with a device of its own speed, as a GPU is:
-pods whose limits add up to less than the machine's cores do not slow each other down.
+pods whose limits add up to less than the machine's cores do not slow each other down. The
+kubelet runs pods under a `kubepods` cgroup weighted for the node's allocatable cores, away
+from the system's daemons; here the test bed's daemons and the load client run in the root
+cgroup, where the kernel's autogroups weigh each of their sessions as much as the whole
+fleet group at the default weight. So the fleet's group gets the highest weight: its pods run
+at their limits' speed however busy the machine is.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ GROUP = "swiftdiffusion-fleet"
 # kubelet's --cpu-cfs-quota-period defaults to 100 ms; 10 ms here, so a throttled process
 # runs in slices shorter than one denoising step and a step's time is its CPU time / limit.
 PERIOD_US = 10_000
+HIGHEST_SHARES, HIGHEST_WEIGHT = 262_144, 10_000  # cgroup v1 cpu.shares, v2 cpu.weight
 
 
 class CpuLimitError(RuntimeError):
@@ -48,11 +54,13 @@ def create(name: str, cores: float) -> Path:
     group.mkdir(parents=True, exist_ok=True)
     quota = max(1000, round(cores * PERIOD_US))  # the kernel's floor is 1 ms
     if (group / "cpu.cfs_quota_us").exists():
+        (parent / "cpu.shares").write_text(str(HIGHEST_SHARES))
         (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
         (group / "cpu.cfs_quota_us").write_text(str(quota))
     else:
         for level in (root, parent):
             (level / "cgroup.subtree_control").write_text("+cpu")
+        (parent / "cpu.weight").write_text(str(HIGHEST_WEIGHT))
         (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
     return group / "cgroup.procs"
 
