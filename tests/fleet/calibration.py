@@ -87,6 +87,11 @@ class FleetRun:
         return hits / total if total else 0.0
 
 
+def pod_start(pod: dict[str, Any]) -> float:
+    """Created -> Ready, seconds."""
+    return seconds_between(pod["metadata"]["creationTimestamp"], ready_since(pod))
+
+
 def cache_counters(pod_ip: str) -> tuple[float, float]:
     values = {s.name: s.value for s in pod_samples(pod_ip, timeout=2)}
     return (values.get(metric_names.CONTROLNET_CACHE_HITS_TOTAL, 0.0),
@@ -108,8 +113,7 @@ def _sample(cluster: Cluster, pools: Sequence[str], controlnet_pool: str, run: F
         pods[pool] = cluster.pods(pool)
         for pod in pods[pool]:
             if is_ready(pod) and pod["metadata"]["name"] not in run.pod_starts:
-                run.pod_starts[pod["metadata"]["name"]] = seconds_between(pod["metadata"]["creationTimestamp"],
-                                                                          ready_since(pod))
+                run.pod_starts[pod["metadata"]["name"]] = pod_start(pod)
     for pod in pods[controlnet_pool]:
         ip = pod.get("status", {}).get("podIP")
         if ip:
