@@ -252,7 +252,8 @@ def test_shared_pool_serves_the_union_and_lives_until_the_last_workflow_is_delet
     wait_until(lambda: {o["name"] for o in cluster.get("apps/v1", "Deployment", "swd-cn-shared")
                         ["metadata"]["ownerReferences"]} == {"b"})
     assert cluster.get("v1", "Service", "swd-cn-shared") is not None
-    assert cluster.workflow("b")["status"]["controlnetPool"]["controlnets"] == ["depth"]
+    # b's status follows the pool: the pool's change queues its members, so it comes after
+    wait_until(lambda: cluster.workflow("b")["status"]["controlnetPool"]["controlnets"] == ["depth"])
 
     cluster.delete_workflow("b")
     wait_until(lambda: cluster.children() == [], timeout=90)
