@@ -49,8 +49,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.calibration]
 
 STEPS, SIZE = 8, 64
 # Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
-# other to the test bed's daemons and the load client (at 0.3 and 16 steps, p50 and p95 were
-# 44-52% off in the run before this one; at 0.2 and 8 steps 11-31% in the closest runs).
+# other to the test bed's daemons and the load client (docs/planner.md, Calibrating: runs 6-10).
 CPU_LIMIT = 0.2
 
 
@@ -106,15 +105,14 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     prof = local.model_copy(update={"pod_start_seconds": statistics.mean(first)})
 
     background = calibration.busy_cores()
-    mix = [service.request_work(wf, r) for wf in workflows.load([write_workflow(tmp_path, body)])
-           for r in calibration.trace(name, 1.0, steps=STEPS, size=SIZE)]
+    # The simulator reads what a user would give it: the workflow file and the trace file.
+    wfs = workflows.load([write_workflow(tmp_path, body)])
+    mix = [service.request_work(wf, r) for wf in wfs for r in calibration.trace(name, 1.0, steps=STEPS, size=SIZE)]
     capacity = len(mix) / sum(service.decoupled(prof, work).seconds for work in mix)
     requests = calibration.trace(name, capacity, steps=STEPS, size=SIZE)
     run = calibration.replay(service_target(fleet, fleet_cluster.namespace, base), requests, fleet_cluster,
                              (base, cn), cn)
 
-    # The simulator reads what a user would give it: the workflow file and the trace file.
-    wfs = workflows.load([write_workflow(tmp_path, body)])
     trace.write(tmp_path / "trace.csv", requests)
     replayed = trace.read(tmp_path / "trace.csv", {wf.name: wf for wf in wfs})
     free = len(os.sched_getaffinity(0)) - background  # what the test bed itself leaves to the pods
