@@ -62,7 +62,8 @@ from swiftdiffusion.runtime.dev.local_stack import ServiceProcess, start_service
 from swiftdiffusion.runtime.dev.model_factory import build_model_set
 from swiftdiffusion.runtime.dev.synthetic_lora import write_random_lora
 from swiftdiffusion.runtime.lora.service import bal_step_hooks
-from swiftdiffusion.runtime.pipeline.base_model import DTYPES, BaseModel
+from swiftdiffusion.runtime.placement import DTYPES
+from swiftdiffusion.runtime.pipeline.base_model import BaseModel
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.pipeline.requests import GenerateParams
 from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from swiftdiffusion.runtime.config import RuntimeConfig
-from swiftdiffusion.runtime.pipeline.base_model import DTYPES
+from swiftdiffusion.runtime.placement import DTYPES
 from swiftdiffusion.runtime.serving.model_store import resolve
 
 

@@ -18,17 +18,9 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from swiftdiffusion.runtime.placement import DTYPES, pick_device
 from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
 from swiftdiffusion.runtime.pipeline.unet_split import check_supported
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
 
 @dataclass(frozen=True)
 class PreparedStart:
