@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from tests.testbed.fleet import container, cpu
+from tests.testbed.waiting import eventually
 
 BUSY = "import time\nend = time.process_time() + 0.2\nwhile time.process_time() < end: pass"
 
@@ -62,3 +63,18 @@ def test_a_limited_process_keeps_its_share_while_the_machine_is_busy() -> None:
     # 0.2 s of CPU (plus start-up) at a quarter of a core takes about 1 s; at 2/25 of two
     # cores, over 3 s
     assert elapsed < 2.0, elapsed
+
+
+def test_the_cgroup_of_a_process_just_killed_goes_once_the_process_has_exited() -> None:
+    """The kubelet removes a pod's cgroup right after it kills the pod's process, before the
+    kernel has let go of it; each pod would otherwise leave an empty cgroup behind."""
+    procs = cpu.create(f"test-{uuid.uuid4().hex[:8]}", 0.25)
+    process = subprocess.Popen(cpu.joining(procs, [sys.executable, "-c", "import time; time.sleep(60)"]))
+    try:
+        eventually(lambda: procs.read_text().strip(), timeout=10, interval=0.05)
+        process.kill()
+        cpu.remove(procs)
+        assert not procs.parent.exists()
+    finally:
+        process.kill()
+        process.wait()

@@ -12,7 +12,7 @@ at their limits' speed however busy the machine is.
 """
 from __future__ import annotations
 
-import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,20 @@ def create(name: str, cores: float) -> Path:
     return group / "cgroup.procs"
 
 
-def remove(procs: Path) -> None:
-    """The cgroup gone, once its processes have ended (the kernel refuses it before)."""
-    with contextlib.suppress(OSError):
-        procs.parent.rmdir()
+def remove(procs: Path, timeout: float = 5.0) -> None:
+    """The cgroup gone. The kernel refuses it until its last process has exited, which
+    trails a kill by a moment: try again until then, or leave it after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            procs.parent.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
 
 
 def joining(procs: Path, argv: list[str]) -> list[str]:
