@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from swiftdiffusion.runtime.config import ControlNetMode
 from swiftdiffusion.runtime.pipeline.engine import BaseEngine
@@ -56,3 +57,14 @@ def test_pipelined_mode_deviates_only_slightly(tiny_base_model, tiny_controlnet_
     pipelined = BaseEngine(tiny_base_model, source, mode=ControlNetMode.PIPELINED)
     approx = pipelined.generate(params_with(1, steps=4), decode=False).latents
     assert 0 < (exact - approx).abs().max() < 0.1 * exact.abs().max()
+
+
+def test_the_warm_up_counts_nothing_and_changes_no_later_output(engine: BaseEngine, tiny_model_set: Path) -> None:
+    """The base server warms up before it reports SERVING: no request in its metrics, and the
+    requests after it still reproduce diffusers."""
+    before = generate_latest(engine.metrics.registry)
+    engine.warm_up(guidance_scale=5.0)
+    assert generate_latest(engine.metrics.registry) == before
+    params = params_with(1)
+    np.testing.assert_array_equal(engine.generate(params, decode=False).latents.numpy(),
+                                  diffusers_reference(tiny_model_set, params))

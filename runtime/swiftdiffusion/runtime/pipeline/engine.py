@@ -24,6 +24,10 @@ from swiftdiffusion.runtime.pipeline.step_hooks import StepHook, StepHookFactory
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.transport.residual_source import ResidualRequest, ResidualSession, ResidualSource
 
+# Small enough to cost a fraction of a second on a CPU; the first-call costs it takes away
+# (allocators, lazily loaded kernels, library handles) are mostly independent of the size.
+WARM_UP_SIZE = 64
+
 
 @dataclass
 class GenerateResult:
@@ -77,6 +81,23 @@ class BaseEngine:
             with _phase(timings, "vae_decode"):
                 image = self.model.decode(latents)
         return GenerateResult(latents, image, timings)
+
+    def warm_up(self, guidance_scale: float, size: int = WARM_UP_SIZE) -> None:
+        """One denoising step and a decode at `size` px, outside the queue and the metrics,
+        run before the server reports SERVING: a fresh process's first calls (kernel and
+        allocator set-up, lazily loaded code) would otherwise slow its first request, and
+        they belong to the start the autoscaler already waits for."""
+        model = self.model
+        text = model.encode_text("", None, guidance_scale, size, size)
+        start = model.start(1, size, size, 0, text.prompt_embeds.dtype)
+        hook = self.step_hooks((), model.unet, 1)  # the deployment's own (latent parallelism needs its hooks)
+        try:
+            with self._worker:
+                latents = denoise(LoopInputs(start.latents, start.timesteps, text, start.scheduler, start.step_kwargs),
+                                  self.predictor, hook)
+        finally:
+            hook.close()
+        model.decode(latents)
 
     @contextmanager
     def _turn(self, deadline: float | None, timings: dict[str, float]) -> Iterator[None]:

@@ -124,5 +124,6 @@ def start_base_server(config: RuntimeConfig) -> RunningServer:
         controlnet_names={c.name for c in config.controlnets},
         metrics=metrics,
     )
+    servicer.engine.warm_up(base.defaults.guidance_scale)
     mark_serving(health)
     return RunningServer(server, health, port, metrics_port)
