@@ -14,8 +14,9 @@ STAMP := $(VENV)/.installed
 # where PYTHONDONTWRITEBYTECODE is set; concurrent processes compiling the same modules elsewhere).
 UV_VERSION := 0.13.9
 PYTEST_ARGS ?=
-# Two workers for two cores; tests/workers.py decides which tests share one (0: a single process)
-TEST_WORKERS ?= 2
+# Three workers on two cores: a worker waiting on a control loop leaves its core to the others;
+# tests/workers.py decides which tests share one (0: a single process)
+TEST_WORKERS ?= 3
 
 .PHONY: venv protos crds demo test calibrate testbed prometheus cluster-up cluster-down fleet-up fleet-down clean
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from tests.gitops.argocd import (
 )
 from tests.reconcile.fixtures import Cluster, wait_until
 from tests.reconcile.workflows import CANNY
+from tests.testbed import processes
 
 pytestmark = pytest.mark.cluster
 
@@ -73,15 +75,18 @@ def _first_status(cluster: Cluster, name: str, since: str) -> dict[str, Any]:
     raise AssertionError(f"the operator wrote no status for {name} within 60 s")
 
 
-def _applied_while_rolling_out(cluster: Cluster, body: dict[str, Any], attempts: int = 3) -> tuple[dict[str, Any],
-                                                                                                  dict[str, Any]]:
+def _applied_while_rolling_out(cluster: Cluster, state: Path, body: dict[str, Any],
+                               attempts: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
     """The workflow as applied, and the first status the operator wrote for it while its pools
-    still rolled out. On a loaded machine the fake pods may be Ready before that first write;
-    then the workflow is deleted, its children let go, and it is applied again."""
+    still rolled out. A busy machine's operator writes it after kwok made the pods Ready, so
+    the test bed's kwok (in `state`) is paused until then. On another cluster, where the first
+    status came after the rollout, the workflow is deleted, its children let go, and it is
+    applied again."""
     name = body["metadata"]["name"]
     for _ in range(attempts):
-        applied = cluster.apply_workflow(body)
-        first = _first_status(cluster, name, applied["metadata"]["resourceVersion"])
+        with processes.paused(state, "kwok"):
+            applied = cluster.apply_workflow(body)
+            first = _first_status(cluster, name, applied["metadata"]["resourceVersion"])
         if run_health(first)["status"] == "Progressing":
             return applied, first
         cluster.delete_workflow(name)
@@ -93,10 +98,10 @@ def _applied_while_rolling_out(cluster: Cluster, body: dict[str, Any], attempts:
     raise AssertionError(f"{name}: every first status was written after the rollout ({attempts} tries)")
 
 
-def _lifecycle(cluster: Cluster) -> dict[str, dict[str, Any]]:
+def _lifecycle(cluster: Cluster, state: Path) -> dict[str, dict[str, Any]]:
     """One workflow from apply through rollout to Ready, edited, then scaled to zero; by testdata file."""
     scale = {"conditioningScale": 0.9}
-    applied, rolling_out = _applied_while_rolling_out(cluster, _workflow("wf", controlnets=[CANNY]))
+    applied, rolling_out = _applied_while_rolling_out(cluster, state, _workflow("wf", controlnets=[CANNY]))
     live = {"testdata/progressing-no-status.yaml": applied, "testdata/progressing-rolling-out.yaml": rolling_out}
     live["testdata/healthy.yaml"] = cluster.wait_ready("wf")
     live["testdata/progressing-generation-lag.yaml"] = cluster.apply_workflow(
@@ -135,12 +140,12 @@ def _stable(message: str) -> str:
     return re.sub(r"\b\d+/\d+ ready\b", "<ready>/<desired> ready", message)
 
 
-def _every_status(cluster: Cluster) -> dict[str, dict[str, Any]]:
+def _every_status(cluster: Cluster, state: Path) -> dict[str, dict[str, Any]]:
     """Live workflows in every state health_test.yaml names, by testdata file."""
     cluster.apply_workflow(_workflow("unschedulable", basePool={"gpuProducts": [NO_SUCH_GPU]}))
     _occupy_base_pool_name(cluster, "refused")
     cluster.apply_workflow(_workflow("refused"))
-    live = _lifecycle(cluster)
+    live = _lifecycle(cluster, state)
     live["testdata/degraded-progress-deadline.yaml"] = _past_progress_deadline(cluster)
     live["testdata/degraded-refused-child.yaml"] = _when(cluster, "refused", "Degraded", status="True",
                                                          reason="ReconcileFailed")
@@ -152,8 +157,9 @@ def _dump(obj: dict[str, Any]) -> str:
     return yaml.safe_dump(obj, sort_keys=False, width=4096)
 
 
-def test_health_check_verdicts_on_status_the_operator_writes(operator: LocalOperator, cluster: Cluster) -> None:
-    live = _every_status(cluster)
+def test_health_check_verdicts_on_status_the_operator_writes(operator: LocalOperator, cluster: Cluster,
+                                                            kube_config: str) -> None:
+    live = _every_status(cluster, Path(kube_config).parent)  # a test bed keeps its state beside its kubeconfig
     cases = {case["inputPath"]: case["healthStatus"] for case in health_cases()}
     assert set(cases) == set(live), "health_test.yaml and the captured states must name the same testdata"
     capture = os.environ.get(CAPTURE_ENV) == "1"

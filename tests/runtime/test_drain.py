@@ -29,7 +29,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_mod
 
         def long_request() -> None:
             try:
-                request = generate_request("a cube", steps=200, width=96, height=96)  # several seconds
+                request = generate_request("a cube", steps=100, width=96, height=96)  # several seconds
                 outcome["reply"] = generate(stack.base.target, request, timeout=120)
             except grpc.RpcError as error:
                 outcome["error"] = error

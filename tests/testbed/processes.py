@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,20 @@ def stop(state: Path, name: str, grace: float = 10.0) -> None:
             _reap(pid)
             time.sleep(0.05)
     (state / "pids" / name).unlink()
+
+
+@contextlib.contextmanager
+def paused(state: Path, name: str) -> Iterator[None]:
+    """The process group recorded as `name` stopped for the block and continued after it (a
+    kubelet that falls behind, say); nothing is paused where none is recorded (a cluster that
+    is not a test bed)."""
+    entry = recorded(state).get(name)
+    pid = entry[0] if entry is not None and _alive_as(*entry) else None
+    if pid is not None:
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)
