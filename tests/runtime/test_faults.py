@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
+import torch
 
 from swiftdiffusion.runtime import metric_names
 from swiftdiffusion.runtime.client import generate, generate_request
@@ -13,9 +16,11 @@ from swiftdiffusion.runtime.config import Defaults
 from swiftdiffusion.runtime.controlnet.control_image import encode_png
 from swiftdiffusion.runtime.dev.ports import free_port
 from swiftdiffusion.runtime.dev.local_stack import StackOptions, stack_configs
+from swiftdiffusion.runtime.pipeline.engine import GenerateResult
 from swiftdiffusion.runtime.serving.api import base_pb2_grpc
 from swiftdiffusion.runtime.serving.grpc_common import check_health
 from tests.runtime.helpers import control_image, metric_value
+from tests.testbed.waiting import eventually
 
 GOOD = encode_png(control_image(64))
 
@@ -178,3 +183,55 @@ def test_every_status_code_and_model_kind_series_exists_at_zero_from_the_start()
     assert all(sample(metric_names.REQUESTS_TOTAL, {"role": "base", "code": code}) == 0 for code in STATUS_CODES)
     assert all(sample(metric_names.MODEL_LOAD_SECONDS + "_count", {"role": "base", "kind": kind}) == 0
                for kind in MODEL_KINDS)
+
+
+class HeldEngine:
+    """An engine whose requests wait until released: a replica with a long queue."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def generate(self, *args, **kwargs) -> GenerateResult:
+        self.release.wait(30)
+        return GenerateResult(torch.zeros(1), np.zeros((8, 8, 3)), {})
+
+
+def test_past_its_threads_a_replica_refuses_requests_and_still_answers_health_checks() -> None:
+    """With every request thread taken, a new request is refused at once (a client retries
+    another replica) instead of waiting unseen for a thread, and the kubelet's probe is answered."""
+    from swiftdiffusion.runtime.config import BaseSection, RuntimeConfig
+    from swiftdiffusion.runtime.serving.base_server import BaseServicer
+    from swiftdiffusion.runtime.serving.grpc_common import RESERVED_THREADS, mark_serving
+    from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
+    from swiftdiffusion.runtime.serving.process import new_grpc_server
+
+    config = RuntimeConfig(role="base", grpc_port=0, bind_address="127.0.0.1", base=BaseSection(model="unused"),
+                           grpc_workers=RESERVED_THREADS + 2)
+    metrics = RuntimeMetrics("base")
+    servicer = BaseServicer(config, metrics)
+    servicer.engine = engine = HeldEngine()
+    server, health, port = new_grpc_server(config)
+    base_pb2_grpc.add_BaseServiceServicer_to_server(servicer, server)
+    server.start()
+    mark_serving(health)
+    target = f"127.0.0.1:{port}"
+    held = [threading.Thread(target=generate, args=(target, generate_request("held", steps=1)), kwargs={"timeout": 30})
+            for _ in range(2)]
+    try:
+        for thread in held:
+            thread.start()
+        eventually(lambda: metrics.registry.get_sample_value(metric_names.IN_FLIGHT_REQUESTS, {"role": "base"}) == 2,
+                   timeout=10, interval=0.05)
+        assert check_health(target, timeout=1.0)
+        with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as refused:
+            base_pb2_grpc.BaseServiceStub(channel).Generate(generate_request("one too many", steps=1), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "its limit" in refused.value.details()
+        assert metrics.registry.get_sample_value(metric_names.REQUESTS_TOTAL, {"role": "base", "code": "UNAVAILABLE"}) == 1
+    finally:
+        engine.release.set()
+        for thread in held:
+            thread.join(timeout=30)
+        server.stop(0).wait()
+    assert metrics.registry.get_sample_value(metric_names.REQUESTS_TOTAL, {"role": "base", "code": "OK"}) == 2
+    assert metrics.registry.get_sample_value(metric_names.IN_FLIGHT_REQUESTS, {"role": "base"}) == 0

@@ -101,7 +101,9 @@ class RuntimeConfig(_Camel):
     device: str = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
     cpu_affinity: list[int] | None = None
-    grpc_workers: int = 16
+    # Server threads: requests past grpc_workers - 2 are refused (UNAVAILABLE), so health
+    # checks always find a thread and every accepted request is in the queue metric.
+    grpc_workers: int = Field(default=64, ge=3)
     bind_address: str = "[::]"
     # On SIGTERM: report NOT_SERVING, refuse new requests, let those in flight finish for
     # this long (the pod's grace period leaves room for it after the preStop delay).

@@ -14,7 +14,7 @@ from swiftdiffusion.runtime.pipeline.engine import BaseEngine
 from swiftdiffusion.runtime.pipeline.requests import GenerateParams, Limits
 from swiftdiffusion.runtime.pipeline.step_hooks import LoraUse, StepHookFactory
 from swiftdiffusion.runtime.serving.api import base_pb2, base_pb2_grpc
-from swiftdiffusion.runtime.serving.grpc_common import accounted, mark_serving
+from swiftdiffusion.runtime.serving.grpc_common import Admission, accounted, mark_serving
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.serving.model_store import resolve
 from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
@@ -62,13 +62,14 @@ class BaseServicer(base_pb2_grpc.BaseServiceServicer):
         self.config = config
         self.metrics = metrics
         self.threads = threads
+        self.admission = Admission(config.grpc_workers)
 
     def Generate(self, request: base_pb2.GenerateRequest, context: grpc.ServicerContext) -> base_pb2.GenerateResponse:
         if self.engine is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the base model is still loading")
         if self.threads:
             torch.set_num_threads(self.threads)  # per thread: gRPC workers start with the default
-        with accounted(self.metrics, context) as started:
+        with accounted(self.metrics, context, self.admission) as started:
             return self._generate(request, context, started)
 
     def _generate(self, request, context, started: float) -> base_pb2.GenerateResponse:

@@ -19,7 +19,7 @@ from swiftdiffusion.runtime.errors import InvalidArgument
 from swiftdiffusion.runtime.placement import DTYPES, pick_device
 from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
 from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_grpc
-from swiftdiffusion.runtime.serving.grpc_common import accounted, mark_serving
+from swiftdiffusion.runtime.serving.grpc_common import Admission, accounted, mark_serving
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 from swiftdiffusion.runtime.controlnet.loader import controlnet_loader
 from swiftdiffusion.runtime.serving.process import RunningServer, apply_process_settings, new_grpc_server
@@ -39,15 +39,17 @@ def request_from_open(message: controlnet_pb2.SessionOpen) -> ResidualRequest:
 
 
 class ControlNetServicer(controlnet_pb2_grpc.ControlNetServiceServicer):
-    def __init__(self, engine: ControlNetEngine, metrics: RuntimeMetrics, threads: int | None = None) -> None:
+    def __init__(self, engine: ControlNetEngine, metrics: RuntimeMetrics, admission: Admission,
+                 threads: int | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.admission = admission
         self.threads = threads
 
     def Residuals(self, request_iterator, context: grpc.ServicerContext) -> Iterator[controlnet_pb2.ResidualsResponse]:
         if self.threads:
             torch.set_num_threads(self.threads)  # per thread: gRPC workers start with the default
-        with accounted(self.metrics, context):
+        with accounted(self.metrics, context, self.admission):
             yield from self._session(request_iterator, context)
 
     def _session(self, request_iterator, context) -> Iterator[controlnet_pb2.ResidualsResponse]:
@@ -98,7 +100,7 @@ def start_controlnet_server(config: RuntimeConfig) -> RunningServer:
     engine = ControlNetEngine(cache, device, DTYPES[dtype])
     server, health, port = new_grpc_server(config)
     controlnet_pb2_grpc.add_ControlNetServiceServicer_to_server(
-        ControlNetServicer(engine, metrics, config.torch_threads), server
+        ControlNetServicer(engine, metrics, Admission(config.grpc_workers), config.torch_threads), server
     )
     server.start()
     mark_serving(health)

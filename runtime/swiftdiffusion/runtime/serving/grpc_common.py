@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,15 +78,45 @@ def status_of(error: RequestError) -> grpc.StatusCode:
     return next((_CODES[kind] for kind in type(error).__mro__ if kind in _CODES), grpc.StatusCode.INTERNAL)
 
 
+# Server threads kept from requests for health checks and refusals. A request the other
+# threads cannot take is refused at once: waiting for a thread, it would be in no metric (the
+# autoscaler would not see it) and the kubelet's probes would wait behind it.
+RESERVED_THREADS = 2
+
+
+class Admission:
+    """The requests in a service's handlers, refused with UNAVAILABLE past the server's
+    threads less the reserved ones (a client retries another replica)."""
+
+    def __init__(self, threads: int) -> None:
+        self.limit = threads - RESERVED_THREADS
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._count >= self.limit:
+                raise Unavailable(f"this replica has {self._count} requests, its limit (grpcWorkers less "
+                                  f"{RESERVED_THREADS} threads kept for health checks): try another replica")
+            self._count += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+
 @contextmanager
-def accounted(metrics: RuntimeMetrics, context: grpc.ServicerContext) -> Iterator[float]:
+def accounted(metrics: RuntimeMetrics, context: grpc.ServicerContext, admission: Admission) -> Iterator[float]:
     """One RPC in the service's metrics, under the status the client sees: a RequestError
     aborts with its code, anything else is gRPC's UNKNOWN, a client gone is CANCELLED.
     Yields the start time."""
     started = time.perf_counter()
-    metrics.in_flight.inc()
     code = grpc.StatusCode.OK
+    admitted = False
     try:
+        admission.enter()
+        admitted = True
+        metrics.in_flight.inc()
         yield started
     except RequestError as error:
         code = status_of(error)
@@ -94,7 +125,9 @@ def accounted(metrics: RuntimeMetrics, context: grpc.ServicerContext) -> Iterato
         code = grpc.StatusCode.UNKNOWN
         raise
     finally:
-        metrics.in_flight.dec()
+        if admitted:
+            metrics.in_flight.dec()
+            admission.leave()
         metrics.count(code.name if code is not grpc.StatusCode.OK or context.is_active() else "CANCELLED")
         metrics.request_latency.observe(time.perf_counter() - started)
 
