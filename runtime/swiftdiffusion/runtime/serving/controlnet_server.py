@@ -16,8 +16,8 @@ from swiftdiffusion.runtime.config import RuntimeConfig
 from swiftdiffusion.runtime.controlnet.cache import ControlNetCache
 from swiftdiffusion.runtime.controlnet.engine import ControlNetEngine
 from swiftdiffusion.runtime.errors import InvalidArgument
-from swiftdiffusion.runtime.placement import DTYPES, pick_device
 from swiftdiffusion.runtime.pipeline.conditioning import TextConditioning
+from swiftdiffusion.runtime.placement import DTYPES, pick_device
 from swiftdiffusion.runtime.serving.api import controlnet_pb2, controlnet_pb2_grpc
 from swiftdiffusion.runtime.serving.grpc_common import Admission, accounted, mark_serving
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
