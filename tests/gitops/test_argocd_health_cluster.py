@@ -83,19 +83,22 @@ def _applied_while_rolling_out(cluster: Cluster, state: Path, body: dict[str, An
     status came after the rollout, the workflow is deleted, its children let go, and it is
     applied again."""
     name = body["metadata"]["name"]
+    seen = []
     for _ in range(attempts):
         with processes.paused(state, "kwok"):
             applied = cluster.apply_workflow(body)
             first = _first_status(cluster, name, applied["metadata"]["resourceVersion"])
-        if run_health(first)["status"] == "Progressing":
+        verdict = run_health(first)
+        if verdict["status"] == "Progressing":
             return applied, first
+        seen.append(f"{verdict}; conditions {_conditions(first)}")
         cluster.delete_workflow(name)
         uid = applied["metadata"]["uid"]  # the other workflows' children stay
         wait_until(lambda: kube.get(cluster.api, f"{m.GROUP}/{m.VERSION}", m.KIND, cluster.namespace, name) is None
                    and not [c for c in cluster.children()
                             if any(ref["uid"] == uid for ref in c["metadata"].get("ownerReferences", []))],
                    timeout=60)
-    raise AssertionError(f"{name}: every first status was written after the rollout ({attempts} tries)")
+    raise AssertionError(f"{name}: no first status was Progressing ({attempts} tries):\n" + "\n".join(seen))
 
 
 def _lifecycle(cluster: Cluster, state: Path) -> dict[str, dict[str, Any]]:
