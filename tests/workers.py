@@ -2,12 +2,11 @@
 
 Tests are scheduled in groups, one group to one worker at a time: the fleet (its test bed
 runs pods as runtime processes and owns the cluster DNS address: one per machine), the
-folders that share the session's test bed (started once per worker that needs it), the Helm
-chart's cluster tests (on a test bed of their own, so the third worker takes 95 s off the
-test bed group, 385 s before), the runtime image's podman containers, and the torch-heavy
-folders in two halves. Anything else is light and goes wherever a worker is free. Groups are
-sent longest first (measured: fleet about 370 s, test bed 290, chart 95, podman 40-130, each
-torch half 70-90), so the fleet, the test bed and the chart group start side by side. A third
+folders that share the session's test bed (started once per worker that needs it), the
+runtime image's podman containers, and the torch-heavy folders in two halves. Anything else
+is light and goes wherever a worker is free. Groups are sent longest first (measured: fleet
+about 370 s, test bed 385, podman 40-130, each torch half 70-90), so the fleet and the test
+bed run side by side and the third worker takes the short groups beside them. A third
 worker on two cores: the fleet and the test bed groups spend much of their time waiting on
 control loops (HPA syncs, rollouts, scrapes), and the suite left 17% of the two cores idle
 with two workers (14.1 CPU-minutes in 8 min 27 s); with three it took 7 min 25 s.
@@ -20,14 +19,13 @@ import pytest
 
 GROUPS = {
     "fleet": "fleet",
-    **dict.fromkeys(("reconcile", "gitops", "monitoring", "cluster", "testbed",
+    **dict.fromkeys(("reconcile", "chart", "gitops", "monitoring", "cluster", "testbed",
                      "images/test_operator_image.py"), "testbed"),
-    "chart": "chart",
     "images": "podman",
     **dict.fromkeys(("runtime", "lora"), "torch"),
     **dict.fromkeys(("cfg", "bench"), "torch-cfg"),
 }
-ORDER = ("fleet", "testbed", "chart", "podman", "torch", "torch-cfg")
+ORDER = ("fleet", "testbed", "podman", "torch", "torch-cfg")
 
 
 def group_of(nodeid: str) -> str:
