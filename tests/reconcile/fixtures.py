@@ -111,6 +111,17 @@ def service_account_kubeconfig(api: ApiClient, admin_config: str, namespace: str
         "metadata": {"name": sa, "namespace": namespace},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": TEST_ROLE},
         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]})
+    # The API server's authorizer learns of a new binding through its informers, later on a
+    # busy machine: an operator started before would be refused its first writes (Forbidden,
+    # retried minutes later). So wait until the rule the admission of owned children needs
+    # is granted.
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+        "user": f"system:serviceaccount:{namespace}:{sa}",
+        "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+        "resourceAttributes": {"namespace": namespace, "verb": "update", "group": m.GROUP,
+                               "resource": m.PLURAL, "subresource": "finalizers"}}}
+    eventually(lambda: kube.request(api, "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                                    body=review)["status"].get("allowed"), timeout=30, interval=0.2)
     return token_kubeconfig(api, admin_config, namespace, sa, target)
 
 

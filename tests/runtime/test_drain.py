@@ -43,7 +43,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_mod
         stack.base.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         while check_health(stack.base.target):  # the signal handler waits for the GIL on a busy machine
-            assert time.monotonic() - signalled < 10, "still SERVING 10 s after SIGTERM: it never drains"
+            assert time.monotonic() - signalled < 30, "still SERVING 30 s after SIGTERM: it never drains"
             time.sleep(0.1)
         with pytest.raises(grpc.RpcError) as refused:
             generate(stack.base.target, generate_request("another", steps=1), timeout=10)
