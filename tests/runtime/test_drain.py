@@ -48,7 +48,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_mod
         with pytest.raises(grpc.RpcError) as refused:
             generate(stack.base.target, generate_request("another", steps=1), timeout=10)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        worker.join(timeout=300)  # minutes on a busy machine: the suite runs three workers on two cores
+        worker.join(timeout=300)  # minutes on a busy machine (with TEST_WORKERS=3, 92 s)
         assert "error" not in outcome, outcome.get("error")
         assert outcome["reply"].png.startswith(b"\x89PNG"), "the request in flight finished"
         assert time.monotonic() - signalled > 3, "it outlived a short fixed grace: the drain waited for it"
