@@ -78,3 +78,20 @@ def test_the_cgroup_of_a_process_just_killed_goes_once_the_process_has_exited() 
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_starting_fleet_removes_the_empty_pod_cgroups_a_killed_fleet_left_and_nothing_else() -> None:
+    parent = cpu.create(f"test-{uuid.uuid4().hex[:8]}", 0.25).parent
+    empty, busy, other = (parent / name for name in (str(uuid.uuid4()), str(uuid.uuid4()), "other"))
+    for group in (empty, busy, other):
+        group.mkdir()
+    process = subprocess.Popen(cpu.joining(busy / "cgroup.procs", [sys.executable, "-c", "import time; time.sleep(60)"]))
+    try:
+        eventually(lambda: (busy / "cgroup.procs").read_text().strip(), timeout=10, interval=0.05)
+        assert cpu.sweep(parent) == [empty.name]
+        assert not empty.exists() and busy.exists() and other.exists()
+    finally:
+        process.kill()
+        process.wait()
+        for group in (busy, other, parent):
+            cpu.remove(group / "cgroup.procs")

@@ -12,7 +12,9 @@ at their limits' speed however busy the machine is.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,33 @@ def remove(procs: Path, timeout: float = 5.0) -> None:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.05)
+
+
+def sweep(parent: Path | None = None) -> list[str]:
+    """Removes the empty cgroups of pods that a fleet killed outright (SIGKILL) left behind
+    under `parent` (the fleet's group), and returns their names. Pod cgroups are named by the
+    pod's UID; any other group, and a pod group still holding a process, stays. Run by a
+    fleet's kubelet as it starts, before it makes pods of its own: only one fleet runs on a
+    machine at a time."""
+    if parent is None:
+        try:
+            parent = _controller() / GROUP
+        except CpuLimitError:
+            return []
+    removed = []
+    for group in parent.iterdir() if parent.is_dir() else ():
+        if group.is_dir() and _is_uid(group.name):
+            with contextlib.suppress(OSError):
+                group.rmdir()
+                removed.append(group.name)
+    return removed
+
+
+def _is_uid(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 def joining(procs: Path, argv: list[str]) -> list[str]:

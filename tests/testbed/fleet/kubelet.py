@@ -460,6 +460,8 @@ class Kubelet:
                 **self.workers[uid].pod["metadata"], "deletionTimestamp": now(), "deletionGracePeriodSeconds": 0}})
 
     def run(self) -> None:
+        if stale := cpu.sweep():
+            print(f"kubelet: removed {len(stale)} empty pod cgroups a killed fleet left", flush=True)
         self.register_nodes()
         beat = time.monotonic()
         while not self.stopping.is_set():
@@ -474,9 +476,12 @@ class Kubelet:
         self.shutdown()
 
     def shutdown(self) -> None:
-        """Stops every container (SIGTERM, then SIGKILL); the pods stay for the next start."""
+        """Stops every container (SIGTERM, then SIGKILL) and removes its CPU cgroup; the pods
+        stay for the next start, which makes their cgroups anew."""
         for worker in list(self.workers.values()):
             if worker.process is not None and worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGTERM)
         for worker in list(self.workers.values()):
             worker.stop_process(signal.SIGKILL)
+            if worker.cgroup is not None:
+                cpu.remove(worker.cgroup)
