@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # Two workers for two cores; tests/workers.py decides which tests share one (0: a single
 # process). Three measured faster (8.4-10.2 min from a clean clone) but made timing races
 # show up (docs/testbed.md), so two stay the default until those are gone.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 .PHONY: venv protos crds demo test calibrate testbed prometheus cluster-up cluster-down fleet-up fleet-down clean
 

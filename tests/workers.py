@@ -1,4 +1,4 @@
-"""How `make test` spreads the suite over pytest-xdist workers on two cores (two by default).
+"""How `make test` spreads the suite over pytest-xdist workers on two cores (three by default).
 
 Tests are scheduled in groups, one group to one worker at a time: the fleet (its test bed
 runs pods as runtime processes and owns the cluster DNS address: one per machine), the
@@ -8,8 +8,8 @@ is light and goes wherever a worker is free. Groups are sent longest first (meas
 about 370 s, test bed 385, podman 40-130, each torch half 70-90), so the fleet and the test
 bed run side by side and the short groups fill in behind them. The fleet and the test bed
 groups spend much of their time waiting on control loops, and two workers left 17% of the
-two cores idle (14.1 CPU-minutes in 8 min 27 s); `TEST_WORKERS=3` took 7 min 25 s, but the
-extra contention exposed timing races (docs/testbed.md), so it is not yet the default.
+two cores idle (14.1 CPU-minutes in 8 min 27 s); three took 7 min 25 s. The extra contention
+exposed timing races, fixed at their causes (docs/testbed.md).
 """
 from __future__ import annotations
 
