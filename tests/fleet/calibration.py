@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +74,7 @@ class FleetRun:
     lookups: dict[str, tuple[float, float]] = field(default_factory=dict)  # ControlNet pod -> (hits, misses)
     pod_starts: dict[str, float] = field(default_factory=dict)  # pod -> created to Ready, seconds
     scale_times: dict[str, list[float]] = field(default_factory=dict)  # pool -> its HPA's scalings, seconds
+    started_at: float = 0.0  # wall clock at second 0 of the trace
 
     def first_sync(self, pool: str, period: float) -> float | None:
         """The pool's HPA's first sync after the replay started: it scales only at syncs, one
@@ -130,6 +131,7 @@ def replay(target: str, requests: Sequence[Request], cluster: Cluster, pools: Se
     images = {name: control_image() for name in {cn for r in requests for cn in r.controlnets}}
     lock = threading.Lock()
     started, started_at = time.monotonic(), time.time()
+    run.started_at = started_at
 
     def send(index: int, request: Request) -> None:
         body = generate_request("a red cube", seed=index, steps=request.steps, width=request.width,
@@ -162,6 +164,12 @@ def replay(target: str, requests: Sequence[Request], cluster: Cluster, pools: Se
     watcher.join()
     _sample(cluster, pools, controlnet_pool, run, time.monotonic() - started, started_at)
     return run
+
+
+def mean_of(slowdown: Callable[[float], float], start: float, end: float) -> float:
+    """A slowdown's mean over a span of the trace, a second apart."""
+    moments = range(int(start), int(end))
+    return sum(slowdown(t) for t in moments) / len(moments)
 
 
 def replicas_at(timeline: Sequence[tuple[float, int]], t: float) -> int:

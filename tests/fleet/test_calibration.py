@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import statistics
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ from swiftdiffusion.planner import profile, service, trace, workflows
 from swiftdiffusion.planner.simulate import Simulation
 from swiftdiffusion.runtime.dev import service_profile
 from swiftdiffusion.runtime.dev.local_stack import Launcher
-from tests.fleet import calibration
+from tests.fleet import calibration, canary
 from tests.fleet.traffic import ready_pods, service_target
 from tests.reconcile.fixtures import Cluster
 from tests.testbed import components
@@ -90,28 +91,33 @@ def write_workflow(folder: Path, body: dict[str, Any]) -> Path:
 def test_the_simulator_predicts_the_fleet_under_a_burst(
         fleet: TestBed, fleet_cluster: Cluster, scaling_operator: LocalOperator, tiny_model_set: Path,
         tmp_path: Path) -> None:
-    with limited_services() as launcher:
-        measured = service_profile.measure(tiny_model_set, size=SIZE, steps=STEPS, repeats=2, launcher=launcher)
-    local = profile.Profile.model_validate(measured)
-    body = calibration_workflow(local.controlnet_bytes)
-    name = body["metadata"]["name"]
-    base, cn = render.base_pool_name(name), render.dedicated_controlnet_pool_name(name)
-    fleet_cluster.apply_workflow(body)
-    fleet_cluster.wait_ready(name, timeout=240)
-    eventually(lambda: fleet_cluster.condition(name, "AutoscalingReady").get("reason") == "Active", timeout=90)
-    # Pod start as a user reads it off their cluster before planning: created -> Ready of the
-    # workflow's first pods (the profile's two local processes do not see scheduling and probes).
-    first = [calibration.pod_start(p) for pool in (base, cn) for p in ready_pods(fleet_cluster, pool)]
-    prof = local.model_copy(update={"pod_start_seconds": statistics.mean(first)})
+    with canary.canary(tiny_model_set, CPU_LIMIT) as speed:
+        profiled_from = time.time()
+        with limited_services() as launcher:
+            measured = service_profile.measure(tiny_model_set, size=SIZE, steps=STEPS, repeats=2, launcher=launcher)
+        baseline = speed.median(profiled_from, time.time())
+        local = profile.Profile.model_validate(measured)
+        body = calibration_workflow(local.controlnet_bytes)
+        name = body["metadata"]["name"]
+        base, cn = render.base_pool_name(name), render.dedicated_controlnet_pool_name(name)
+        fleet_cluster.apply_workflow(body)
+        fleet_cluster.wait_ready(name, timeout=240)
+        eventually(lambda: fleet_cluster.condition(name, "AutoscalingReady").get("reason") == "Active", timeout=90)
+        # Pod start as a user reads it off their cluster before planning: created -> Ready of the
+        # workflow's first pods (the profile's two local processes do not see scheduling and probes).
+        first = [calibration.pod_start(p) for pool in (base, cn) for p in ready_pods(fleet_cluster, pool)]
+        prof = local.model_copy(update={"pod_start_seconds": statistics.mean(first)})
 
-    background = calibration.busy_cores()
-    # The simulator reads what a user would give it: the workflow file and the trace file.
-    wfs = workflows.load([write_workflow(tmp_path, body)])
-    mix = [service.request_work(wf, r) for wf in wfs for r in calibration.trace(name, 1.0, steps=STEPS, size=SIZE)]
-    capacity = len(mix) / sum(service.decoupled(prof, work).seconds for work in mix)
-    requests = calibration.trace(name, capacity, steps=STEPS, size=SIZE)
-    run = calibration.replay(service_target(fleet, fleet_cluster.namespace, base), requests, fleet_cluster,
-                             (base, cn), cn)
+        background = calibration.busy_cores()
+        # The simulator reads what a user would give it: the workflow file and the trace file.
+        wfs = workflows.load([write_workflow(tmp_path, body)])
+        mix = [service.request_work(wf, r) for wf in wfs for r in calibration.trace(name, 1.0, steps=STEPS, size=SIZE)]
+        capacity = len(mix) / sum(service.decoupled(prof, work).seconds for work in mix)
+        requests = calibration.trace(name, capacity, steps=STEPS, size=SIZE)
+        run = calibration.replay(service_target(fleet, fleet_cluster.namespace, base), requests, fleet_cluster,
+                                 (base, cn), cn)
+    assert baseline is not None, "the canary read nothing while the profile was measured"
+    slowdown = speed.slowdown(baseline, run.started_at)
 
     trace.write(tmp_path / "trace.csv", requests)
     replayed = trace.read(tmp_path / "trace.csv", {wf.name: wf for wf in wfs})
@@ -119,18 +125,29 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     plan = dataclasses.replace(planner_fleet.build(wfs), sync_period=components.HPA_SYNC_SECONDS,
                                scrape_interval=prometheus.SCRAPE_SECONDS)  # the test bed's, not the defaults
     first_sync = run.first_sync(base, plan.sync_period)
-    result = Simulation(plan, wfs, prof, first_sync=first_sync).run(replayed)  # each replica its own device
+    # Each replica its own device; the first run at the profile's speed, the second at the speed
+    # the canary measured at each moment of the replay.
+    as_profiled = Simulation(plan, wfs, prof, first_sync=first_sync).run(replayed)
+    result = Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=slowdown).run(replayed)
 
     duration = calibration.SEGMENTS[-1][1]
     outcome = calibration.compare(run, result, duration)
+    unadjusted = calibration.compare(run, as_profiled, duration)
     (tmp_path / "profile.json").write_text(prof.model_dump_json(indent=2))
     (tmp_path / "fleet.json").write_text(json.dumps(dataclasses.asdict(run), indent=2))
+    (tmp_path / "canary.json").write_text(json.dumps({"baseline": baseline, "readings": list(zip(
+        speed.moments, speed.seconds, strict=True))}))
     (tmp_path / "simulated.json").write_text(json.dumps([(o.arrival, o.latency) for o in result.outcomes]))
     starts = ", ".join(f"{s:.0f}" for s in sorted(run.pod_starts.values()))
     most = CPU_LIMIT * sum(p.autoscaling.max_replicas for p in plan.pools.values())
+    speeds = ", ".join(f"{start:.0f}-{end:.0f} s x{calibration.mean_of(slowdown, start, end):.2f}"
+                       for start, end, _ in calibration.SEGMENTS)
     print("\n".join(["calibration:", f"cores the test bed leaves free: {free:.2f}, the pods' limits add up to "
                       f"{most:.2f} at most; first HPA sync at {first_sync} s",
-                      *outcome.lines(), f"pod starts (created -> Ready): fleet {starts} s, first pods "
+                      f"the canary's slowdown against the profile's minutes: {speeds}",
+                      "at the speed the canary measured:", *outcome.lines(),
+                      "at the profile's speed:", *unadjusted.lines()[:3],
+                      f"pod starts (created -> Ready): fleet {starts} s, first pods "
                       f"{prof.pod_start_seconds:.1f} s (simulated), local profile {local.pod_start_seconds:.1f} s",
                       *run.failures]))
     assert run.failures == []

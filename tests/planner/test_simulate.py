@@ -168,6 +168,13 @@ def test_on_a_shared_host_two_busy_replicas_of_one_core_each_take_twice_as_long(
     assert latencies(apart) == pytest.approx([SERVICE] * 2)
 
 
+def test_a_request_takes_as_much_longer_as_the_hardware_was_slower_when_it_started() -> None:
+    wfs = [workflow("w")]
+    slower_from_ten = Simulation(fleet.build(wfs), wfs, PROFILE, slowdown=lambda t: 1.25 if t >= 10 else 1.0)
+    result = slower_from_ten.run(every(5.0, 4))  # arrivals at 0, 5, 10, 15 s, each served alone
+    assert latencies(result) == pytest.approx([SERVICE, SERVICE, 1.25 * SERVICE, 1.25 * SERVICE])
+
+
 def test_with_a_scrape_interval_the_hpa_scales_on_the_last_scrape_not_the_moment() -> None:
     # Scrapes at 0, 10, 20 s; syncs at 15, 30 s. A backlog arriving at 11 s is not seen by the
     # sync at 15 s (the last scrape, at 10 s, saw nothing), only by the one at 30 s.

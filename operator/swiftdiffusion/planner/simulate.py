@@ -181,15 +181,18 @@ class _Job:
 class Simulation:
     def __init__(self, fleet: Fleet, workflows: Sequence[m.Workflow], profile: Profile, *,
                  monolithic: bool = False, shared_cores: float | None = None, first_sync: float | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, slowdown: Callable[[float], float] | None = None) -> None:
         """`first_sync`: when the HPAs first sync (default: one period in); a real controller's
         phase is its own, so a replay of a measured run passes the measured one. `seed`: of
-        the pickers' random starts."""
+        the pickers' random starts. `slowdown`: seconds -> how much slower than the profile the
+        replicas serve then; a request started at that moment takes that much longer (a replay
+        of a measured run on hardware whose speed drifts passes the measured speed)."""
         self.fleet, self.profile, self.monolithic = fleet, profile, monolithic
         self.rng = random.Random(seed)
         self.first_sync = fleet.sync_period if first_sync is None else first_sync
         self.host = SharedHost(shared_cores) if shared_cores else None
         self.host_version = 0
+        self.slowdown = slowdown
         self.pools = {name: PoolState(pool) for name, pool in fleet.pools.items()}
         for state in self.pools.values():
             state.callers = [self.pools[c] for c in state.model.callers if c in self.pools]
@@ -362,7 +365,8 @@ class Simulation:
         replica.busy = True
         timing, cpu = self._serve(job, replica, now)
         job.replica, job.start, job.blocked = replica, now, timing.lora_blocked_seconds
-        self._after(now, timing.seconds, cpu, DONE, job)
+        factor = 1.0 if self.slowdown is None else self.slowdown(now)
+        self._after(now, timing.seconds * factor, cpu * factor, DONE, job)
 
     def _lookups(self, replica: Replica, state: PoolState, names: Sequence[str]) -> int:
         get, misses = replica.cache.get, 0
