@@ -9,6 +9,10 @@ its own speed, as on a GPU fleet, and the limits of the most pods the workflow s
 fit in the cores the test bed leaves free (unlimited, the pods of this 2-core machine slow
 each other down by more than processor sharing models).
 
+This VM's speed drifts by up to 25% from one minute to the next, so a speed canary
+(`canary.py`) runs at the pods' limit throughout, and the simulator replays a second time at
+the speed it measured against the profile's minutes; both results are printed.
+
 Checked (`make calibrate`, not part of `make test` until all of it holds): the replica
 timelines within one replica at every half minute (the HPA's phase, which no plan can know,
 is taken from the fleet's first scaling) and the ControlNet cache hit rate within 5 points.
