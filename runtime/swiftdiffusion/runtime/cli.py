@@ -15,6 +15,26 @@ from swiftdiffusion.runtime.lora.profile import add_arguments as add_profile_arg
 from swiftdiffusion.runtime.lora.profile import run as run_profile
 
 DEFAULT_MODELS = Path(".models")
+# How often the main thread wakes while it waits for SIGTERM or SIGINT. The kernel hands a
+# signal sent to the process to any of its threads; CPython runs the handler only when the
+# main thread next runs bytecode, so a main thread blocked in `Event.wait()` without a
+# timeout never saw a SIGTERM that landed on one of gRPC's or torch's threads, and the pod
+# did not drain before its SIGKILL.
+SIGNAL_POLL_SECONDS = 0.5
+
+
+def stop_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def wait_for(stop: threading.Event) -> None:
+    """Returns once `stop` is set, whichever thread the kernel gave the signal to."""
+    while not stop.wait(SIGNAL_POLL_SECONDS):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,12 +112,10 @@ def _serve_pod(args: argparse.Namespace) -> int:
         from swiftdiffusion.runtime.serving.base_server import start_base_server as start
     else:
         from swiftdiffusion.runtime.serving.controlnet_server import start_controlnet_server as start
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_signals()
     running = start(config)
     print(f"{role} service on :{running.port}, metrics on :{running.metrics_port}", flush=True)
-    stop.wait()
+    wait_for(stop)
     print(f"{role} service draining: in-flight requests get {config.shutdown_grace_seconds:.0f} s", flush=True)
     running.stop(grace=config.shutdown_grace_seconds)
     return 0
@@ -108,13 +126,11 @@ def _serve_local(args: argparse.Namespace) -> int:
     from swiftdiffusion.runtime.dev.model_factory import build_model_set
 
     models = build_model_set(args.models, args.size)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_signals()
     options = StackOptions(models, base_port=args.port, controlnet_port=args.controlnet_port, mode=args.mode)
     with tempfile.TemporaryDirectory(prefix="swiftdiffusion-") as folder, local_stack(options, Path(folder)):
         print(f"serving: base 127.0.0.1:{args.port}, ControlNet 127.0.0.1:{args.controlnet_port} (Ctrl-C stops)", flush=True)
-        stop.wait()
+        wait_for(stop)
     return 0
 
 
