@@ -37,7 +37,9 @@ def signal_another_thread(pid: int, sig: int) -> None:
 
 def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_model_set: Path,
                                                                         tmp_path: Path) -> None:
-    options = StackOptions.on_free_ports(tiny_model_set, threads=1,
+    # The request runs a few seconds on a quiet machine and over a minute on a busy one: the
+    # grace is long enough for either, so what is tested is that the drain waits for it.
+    options = StackOptions.on_free_ports(tiny_model_set, threads=1, shutdown_grace_seconds=300,
                                          defaults=Defaults(steps=3, guidance_scale=5.0, width=64, height=64))
     with local_stack(options, tmp_path) as stack:
         outcome: dict[str, object] = {}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swiftdiffusion.runtime.config import (
+    SHUTDOWN_GRACE_SECONDS,
     BaseSection,
     ControlNetEntry,
     ControlNetSection,
@@ -48,6 +49,7 @@ class StackOptions:
     defaults: Defaults = Defaults(steps=20, guidance_scale=5.0, width=256, height=256)
     loras: Sequence[LoraEntry] = ()
     wire_dtype: str = "float32"
+    shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS
 
     @classmethod
     def on_free_ports(cls, model_set: Path, **options) -> StackOptions:
@@ -63,7 +65,7 @@ def stack_configs(options: StackOptions) -> tuple[RuntimeConfig, RuntimeConfig]:
     controlnets = [ControlNetEntry(name=n, model=str(options.model_set / "controlnets" / n)) for n in names]
     common = dict(
         model_store=str(options.model_set), controlnets=controlnets, device="cpu", torch_threads=options.threads,
-        bind_address="127.0.0.1",
+        bind_address="127.0.0.1", shutdown_grace_seconds=options.shutdown_grace_seconds,
     )
     base = RuntimeConfig(
         role="base",
