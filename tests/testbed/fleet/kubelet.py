@@ -201,9 +201,7 @@ class PodWorker:
             while not self.deleting:
                 time.sleep(POLL_SECONDS)
         finally:
-            self.stop_process(signal.SIGKILL)
-            if self.cgroup is not None:
-                cpu.remove(self.cgroup)
+            self.kill()
         self.remove()
 
     def prepare(self) -> container.Launch | None:
@@ -366,6 +364,12 @@ class PodWorker:
                 self.process.kill()
                 self.process.wait()
 
+    def kill(self) -> None:
+        """The container gone for good: its process killed, then its CPU cgroup removed."""
+        self.stop_process(signal.SIGKILL)
+        if self.cgroup is not None:
+            cpu.remove(self.cgroup)
+
     def remove(self) -> None:
         """The kubelet's last word on a deleted pod: delete it for good (grace 0)."""
         if not self.deleting:
@@ -482,6 +486,4 @@ class Kubelet:
             if worker.process is not None and worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGTERM)
         for worker in list(self.workers.values()):
-            worker.stop_process(signal.SIGKILL)
-            if worker.cgroup is not None:
-                cpu.remove(worker.cgroup)
+            worker.kill()
