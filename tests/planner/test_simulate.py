@@ -136,6 +136,24 @@ def test_each_base_replica_takes_the_controlnet_replicas_in_turn_from_a_random_s
     assert (first, second) == ((draws.randrange(2) + 1) % 2, (draws.randrange(2) + 1) % 2)
 
 
+def test_a_scale_down_removes_the_replica_ready_for_the_least_time_busy_or_not() -> None:
+    """The ReplicaSet controller knows nothing of a pod's requests: after the unready ones it
+    deletes the pod that has been ready for the least time, so a warm cache outlives a new one."""
+    wf = workflow("w", base_pool={"replicas": 1})
+    sim = Simulation(fleet.build([wf]), [wf], PROFILE)
+    pool = sim.pools["swd-w-base"]
+    oldest = pool.ready[0]
+    sim._add_replicas(pool, 1, 10.0, ready_at=10.0)
+    newer = pool.ready[1]
+    sim._add_replicas(pool, 1, 20.0, ready_at=50.0)
+    starting = pool.live[2]
+    newer.busy = True
+    sim._remove_replicas(pool, 1, 30.0)
+    assert pool.live == [oldest, newer] and starting.draining  # unready first
+    sim._remove_replicas(pool, 1, 30.0)
+    assert pool.live == [oldest] and newer.draining and not oldest.draining
+
+
 def test_designs_differ_only_in_where_controlnets_run() -> None:
     wfs = [workflow("a", controlnets=("canny",)), workflow("b", controlnets=("depth",), created=1)]
     assert sorted(fleet.design(wfs, "monolithic").pools) == ["swd-a-base", "swd-b-base"]

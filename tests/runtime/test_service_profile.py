@@ -1,12 +1,16 @@
-"""`swiftdiffusion profile`: options it cannot measure with are refused before anything starts.
-(The measurement itself is checked against the fleet in tests/fleet/test_calibration.py.)"""
+"""`swiftdiffusion profile`: options it cannot measure with are refused before anything starts,
+and the profile derived from the probes' timings predicts them back. (The measurement itself
+is checked against the fleet in tests/fleet/test_calibration.py.)"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
+from swiftdiffusion.planner import service
+from swiftdiffusion.planner.profile import Profile
 from swiftdiffusion.runtime.cli import main
+from swiftdiffusion.runtime.dev import service_profile
 
 
 @pytest.mark.parametrize("option", [["--repeats", "0"], ["--steps", "0"], ["--size", "4"]])
@@ -16,3 +20,40 @@ def test_bad_options_exit_2_naming_them_and_write_nothing(option: list[str], tmp
     assert main(["profile", "--models", str(tmp_path / "models"), "--out", str(out), *option]) == 2
     assert option[0] in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "models").exists()
+
+
+ENCODER, DECODER, CONTROLNET, WIRE, EXCHANGE, STEPS = 0.05, 0.05, 0.045, 0.012, 0.02, 8
+
+
+def measured_step(controlnets: int) -> tuple[float, float]:
+    """(step, wait) of a replica whose exchange work runs beside its encoder: the loop waits
+    for residuals once the encoder is done, and the step takes the longer path."""
+    if not controlnets:
+        return ENCODER + DECODER, 0.0
+    round_trip = controlnets * CONTROLNET + WIRE
+    return max(ENCODER + EXCHANGE, round_trip) + DECODER, max(0.0, round_trip - ENCODER)
+
+
+def probe(controlnets: int, extra: float = 0.0) -> service_profile.Probe:
+    step, wait = measured_step(controlnets)
+    timings = {"total": STEPS * step + 0.1 + extra, "queue": 0.0, "denoise": STEPS * step + extra,
+               "residual_wait": STEPS * wait, "controlnet_open": 0.02 * controlnets}
+    sample = service_profile.Sample(timings, round_trip=controlnets * CONTROLNET + WIRE if controlnets else 0.0,
+                                    controlnet_compute=controlnets * CONTROLNET)
+    return service_profile.Probe("", (0, 0), lambda seed: None, [sample])
+
+
+def test_the_derived_profile_predicts_every_controlnet_count_it_measured_with_the_exchange_beside_the_encoder() -> None:
+    probes = {f"{n} ControlNets": probe(n) for n in service_profile.CONTROL_COUNTS}
+    probes |= {"1 LoRAs": probe(0, 0.03), "2 LoRAs": probe(0, 0.06)}
+    derived = Profile.model_validate(service_profile.derive(
+        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, resident_controlnets=3))
+
+    assert derived.residual_exchange_seconds == pytest.approx(EXCHANGE)
+    assert derived.residual_transfer_seconds == pytest.approx(WIRE)
+    for n in service_profile.CONTROL_COUNTS:
+        assert service.decoupled_step(derived, service.Work(STEPS, 64 * 64, n, ()), 1.0) == pytest.approx(
+            measured_step(n)[0]), n
+    # With one ControlNet the step is the encoder's path: the exchange is what makes it so.
+    without = derived.model_copy(update={"residual_exchange_seconds": 0.0})
+    assert service.decoupled_step(without, service.Work(STEPS, 64 * 64, 1, ()), 1.0) < 0.95 * measured_step(1)[0]

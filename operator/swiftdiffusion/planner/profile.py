@@ -28,6 +28,9 @@ class Profile(BaseModel):
     encoder_fraction: float  # share of a base step in the UNet encoder + middle block
     controlnet_step_seconds: float  # one ControlNet's forward for one step (both CFG branches)
     residual_transfer_seconds: float  # per step, base <-> ControlNet pod (decoupled designs)
+    # per step, the base replica's own work on that exchange (latent out, residuals in): it runs
+    # on the base device beside the encoder, so it shows only where the ControlNets are faster
+    residual_exchange_seconds: float = 0.0
     controlnet_open_seconds: float = 0.0  # per ControlNet and request: session set-up, control image embedded
     fixed_seconds: float  # per request outside the loop: prompt encoding, VAE decode
     latent_parallel_speedup: float  # a step's speed-up when the CFG branches run on two GPUs

@@ -1,8 +1,9 @@
 """How long one request holds a base replica, from the profile: pure arithmetic.
 
 Decoupled (SwiftDiffusion): per step the UNet encoder and the ControlNets start together;
-the decoder waits for the residuals, so a step is max(encoder, ControlNets + transfer) +
-decoder. ControlNets run one after another on their pod, slowed by the other sessions that
+the decoder waits for the residuals, so a step is max(encoder + exchange, ControlNets +
+transfer) + decoder, where the exchange is the base replica's own work on sending the latent
+and taking in the residuals (on one device with the encoder, it does not overlap it). ControlNets run one after another on their pod, slowed by the other sessions that
 pod serves (`controlnet_slowdown`). LoRAs load in BAL's background: LoRA i (loaded one
 after another) is needed before step K_i; what it is late by blocks the loop.
 Monolithic (diffusers): the ControlNets run on the base GPU, serially, every step, and
@@ -74,7 +75,8 @@ class Decoupled:
             return self.base
         p = self.profile
         cn = self.controlnets * controlnet_slowdown + p.residual_transfer_seconds
-        return max(self.base * p.encoder_fraction, cn) + self.base * (1 - p.encoder_fraction)
+        return (max(self.base * p.encoder_fraction + p.residual_exchange_seconds, cn)
+                + self.base * (1 - p.encoder_fraction))
 
     def timing(self, controlnet_slowdown: float = 1.0) -> Timing:
         step = self.step(controlnet_slowdown)
@@ -106,7 +108,8 @@ def cpu_seconds(p: Profile, w: Work, timing: Timing, controlnet_slowdown: float 
     except while it waits for residuals, plus its ControlNets on their pod."""
     if not w.controlnets:
         return timing.seconds
-    waiting = w.steps * (decoupled_step(p, w, controlnet_slowdown) - _base_step(p, w))
+    waiting = w.steps * max(0.0, decoupled_step(p, w, controlnet_slowdown) - _base_step(p, w)
+                            - p.residual_exchange_seconds)
     return timing.seconds - waiting + w.steps * w.controlnets * p.controlnet_step_seconds * _scale(p, w)
 
 

@@ -261,8 +261,10 @@ class Simulation:
         self._start_next(replica, now)
 
     def _remove_replicas(self, state: PoolState, count: int, now: float) -> None:
-        """Unready replicas go first, then idle ones, then the least loaded (as a ReplicaSet picks)."""
-        order = sorted(state.live, key=lambda r: (r.ready_at <= now, not r.idle, len(r.queue), r.load))
+        """As a ReplicaSet picks, knowing nothing of the requests in a pod: unready replicas first,
+        then the one ready for the least time, then the newest (kube-controller-manager's
+        ActivePodsWithRanks, its node and restart ranks aside)."""
+        order = sorted(state.live, key=lambda r: (r.ready_at <= now, -r.ready_at, -r.created))
         for replica in order[:count]:
             replica.draining = True
             state.live.remove(replica)

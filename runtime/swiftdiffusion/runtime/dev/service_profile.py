@@ -9,7 +9,9 @@ in `source`.
 
 Per step, the base loop sends the latent, runs the UNet encoder, waits for the residuals,
 runs the decoder; so the encoder is the residual round trip less the wait, and the wire's
-share is the round trip less the ControlNet service's own compute.
+share is the round trip less the ControlNet service's own compute. The base replica's own
+work on the exchange (the latent out, the residuals in) runs on its device beside the
+encoder, so it shows where the ControlNets are faster than the encoder: in a step with one.
 """
 from __future__ import annotations
 
@@ -181,6 +183,10 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
     waited = [p.median(lambda s: s.round_trip - s.timings.get("residual_wait", 0.0) / steps)
               for _, p in with_cn if p.median(lambda s: s.timings.get("residual_wait", 0.0)) > 0.01 * steps * base_step]
     encoder = statistics.median(waited) if waited else max(p.median(lambda s: s.round_trip) for _, p in with_cn)
+    # The base replica's own work on the exchange shares its device with the encoder: what one
+    # ControlNet adds to a plain step is that work where the encoder's path binds, and where the
+    # ControlNet's binds, a bound no step with more ControlNets or a slower pod goes below anyway.
+    exchange = max(0.0, probes["1 ControlNets"].median(lambda s: s.timings["denoise"] / steps) - base_step)
     plain_loop = plain.median(lambda s: s.timings["denoise"])
     merges = [(probes[f"{n} LoRAs"].median(lambda s: s.timings["denoise"]) - plain_loop) / n for n in (1, 2)]
     lora_load = _mean(base_metrics, {}, names.LORA_LOAD_SECONDS)
@@ -198,6 +204,7 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
         "encoder_fraction": min(1.0, encoder / base_step),
         "controlnet_step_seconds": cn_step,
         "residual_transfer_seconds": transfer,
+        "residual_exchange_seconds": exchange,
         "controlnet_open_seconds": open_per_cn,
         "fixed_seconds": fixed,
         "latent_parallel_speedup": 1.0,
