@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -209,14 +210,19 @@ class Comparison:
         return out
 
 
-def compare(run: FleetRun, result: Result, duration: float, step: int = 30) -> Comparison:
+def compare(run: FleetRun, results: Sequence[Result], duration: float, step: int = 30) -> Comparison:
+    """The fleet against what the simulator expects over `results`, one per seed: where a
+    Service's round-robin and each gRPC picker start is no plan's to know, and the cache's
+    hits turn on it (a few lookups either way are several points in a short trace). Latency
+    percentiles are of every seed's requests together, the hit rate is the seeds' mean and
+    each minute mark's replicas their median."""
     real = sorted(latency for _, latency in run.latencies)
-    simulated = sorted(o.latency for o in result.outcomes)
-    hits = sum(result.cache_hits.values()) / max(1, sum(result.cache_lookups.values()))
+    simulated = sorted(o.latency for result in results for o in result.outcomes)
+    hits = statistics.mean(sum(r.cache_hits.values()) / max(1, sum(r.cache_lookups.values())) for r in results)
     marks = range(step, int(duration) + 1, step)
     replicas = {}
     for pool in run.replicas:
-        predicted = [(t, replicas_at(result.pools[pool].timeline, t)) for t in marks]
+        predicted = [(t, statistics.median_low(replicas_at(r.pools[pool].timeline, t) for r in results)) for t in marks]
         replicas[pool] = [(t, nearest_replicas(run.replicas[pool], t, sim), sim) for t, sim in predicted]
     return Comparison(report.percentile(real, 50), report.percentile(real, 95), report.percentile(simulated, 50),
                       report.percentile(simulated, 95), run.cache_hit_rate(), hits, replicas)

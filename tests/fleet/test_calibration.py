@@ -56,6 +56,7 @@ STEPS, SIZE = 8, 64
 # Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
 # other to the test bed's daemons and the load client (docs/planner.md, Calibrating: runs 6-10).
 CPU_LIMIT = 0.2
+SEEDS = 16  # simulations of the trace, each with its own start for every round-robin
 
 
 def calibration_workflow(controlnet_bytes: int) -> dict[str, Any]:
@@ -131,17 +132,20 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     first_sync = run.first_sync(base, plan.sync_period)
     # Each replica its own device; the first run at the profile's speed, the second at the speed
     # the canary measured at each moment of the replay.
-    as_profiled = Simulation(plan, wfs, prof, first_sync=first_sync).run(replayed)
-    result = Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=slowdown).run(replayed)
+    as_profiled = [Simulation(plan, wfs, prof, first_sync=first_sync, seed=seed).run(replayed)
+                   for seed in range(SEEDS)]
+    results = [Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=slowdown, seed=seed).run(replayed)
+               for seed in range(SEEDS)]
 
     duration = calibration.SEGMENTS[-1][1]
-    outcome = calibration.compare(run, result, duration)
+    outcome = calibration.compare(run, results, duration)
     unadjusted = calibration.compare(run, as_profiled, duration)
     (tmp_path / "profile.json").write_text(prof.model_dump_json(indent=2))
     (tmp_path / "fleet.json").write_text(json.dumps(dataclasses.asdict(run), indent=2))
     (tmp_path / "canary.json").write_text(json.dumps({"baseline": baseline, "readings": list(zip(
         speed.moments, speed.seconds, strict=True))}))
-    (tmp_path / "simulated.json").write_text(json.dumps([(o.arrival, o.latency) for o in result.outcomes]))
+    (tmp_path / "simulated.json").write_text(json.dumps([[(o.arrival, o.latency) for o in r.outcomes]
+                                                         for r in results]))
     starts = ", ".join(f"{s:.0f}" for s in sorted(run.pod_starts.values()))
     most = CPU_LIMIT * sum(p.autoscaling.max_replicas for p in plan.pools.values())
     speeds = ", ".join(f"{start:.0f}-{end:.0f} s x{calibration.mean_of(slowdown, start, end):.2f}"

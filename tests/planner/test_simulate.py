@@ -47,6 +47,18 @@ def test_round_robin_over_two_replicas_shares_the_load() -> None:
     assert result.pools["swd-w-base"].replicas[0].removed == pytest.approx(result.end)
 
 
+def test_where_a_services_round_robin_starts_is_drawn_from_the_seed() -> None:
+    wf = workflow("w", base_pool={"replicas": 2})
+    firsts = set()
+    for seed in range(8):
+        sim = Simulation(fleet.build([wf]), [wf], PROFILE, seed=seed)
+        pool = sim.pools["swd-w-base"]
+        first = pool.next_replica(0.0)
+        assert pool.next_replica(0.0) is not first  # then in turn
+        firsts.add(pool.replicas.index(first))
+    assert firsts == {0, 1}
+
+
 def test_decoupled_controlnet_step_waits_for_the_residuals_and_the_first_call_misses() -> None:
     result = run([workflow("w", controlnets=("canny",))], every(3.0, 10, controlnets=("canny",)))
     step = max(0.05, 0.08 + 0.01) + 0.05  # encoder || (ControlNet + transfer), then decoder
@@ -191,6 +203,15 @@ def test_a_request_takes_as_much_longer_as_the_hardware_was_slower_when_it_start
     slower_from_ten = Simulation(fleet.build(wfs), wfs, PROFILE, slowdown=lambda t: 1.25 if t >= 10 else 1.0)
     result = slower_from_ten.run(every(5.0, 4))  # arrivals at 0, 5, 10, 15 s, each served alone
     assert latencies(result) == pytest.approx([SERVICE, SERVICE, 1.25 * SERVICE, 1.25 * SERVICE])
+
+
+def test_only_a_request_started_as_the_one_before_it_ends_takes_the_queued_slowdown() -> None:
+    wf = workflow("w")
+    slower = PROFILE.model_copy(update={"queued_slowdown": 1.2})
+    # Two at once: the second waits for the first and overlaps its end; the third finds the replica idle.
+    requests = every(0.0, 2) + [Request(10.0, "w", (), (), 10, 64, 64)]
+    result = Simulation(fleet.build([wf]), [wf], slower).run(requests)
+    assert latencies(result) == pytest.approx([SERVICE, SERVICE + 1.2 * SERVICE, SERVICE])
 
 
 def test_with_a_scrape_interval_the_hpa_scales_on_the_last_scrape_not_the_moment() -> None:

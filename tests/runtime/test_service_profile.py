@@ -43,12 +43,15 @@ def probe(controlnets: int, extra: float = 0.0) -> service_profile.Probe:
     return service_profile.Probe("", (0, 0), lambda seed: None, [sample])
 
 
-def test_the_derived_profile_predicts_every_controlnet_count_it_measured_with_the_exchange_beside_the_encoder() -> None:
+def test_the_derived_profile_predicts_what_it_measured_alone_and_behind_a_queue() -> None:
     probes = {f"{n} ControlNets": probe(n) for n in service_profile.CONTROL_COUNTS}
     probes |= {"1 LoRAs": probe(0, 0.03), "2 LoRAs": probe(0, 0.06)}
+    alone = sum(STEPS * measured_step(n)[0] + 0.1 for n in service_profile.BACKLOG_COUNTS) / 3
     derived = Profile.model_validate(service_profile.derive(
-        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, resident_controlnets=3))
+        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, resident_controlnets=3,
+        backlogs=[1.08 * alone]))
 
+    assert derived.queued_slowdown == pytest.approx(1.08)
     assert derived.residual_exchange_seconds == pytest.approx(EXCHANGE)
     assert derived.residual_transfer_seconds == pytest.approx(WIRE)
     for n in service_profile.CONTROL_COUNTS:

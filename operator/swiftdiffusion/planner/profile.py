@@ -40,6 +40,9 @@ class Profile(BaseModel):
     lora_merge_seconds: float  # one LoRA merged in place (BAL, on the critical path)
     monolithic_lora_seconds: float  # one LoRA loaded and fused before the loop (diffusers)
     pod_start_seconds: float  # a new replica: scheduled to serving
+    # a request started from its replica's queue, as the one before it ends, takes this much
+    # longer: the base server frees its worker before decoding, so it starts beside that decode
+    queued_slowdown: float = 1.0
 
 
 def load(path: Path) -> Profile:

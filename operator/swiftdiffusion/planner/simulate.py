@@ -1,7 +1,8 @@
 """Discrete-event replay of a trace through a `Fleet`.
 
 Base replicas serve one request at a time from their own queue; requests reach them
-round-robin over the pool Service's ready endpoints. A base request's ControlNet session
+round-robin over the pool Service's ready endpoints, from a start drawn from the seed (where
+a proxy's turn stands is no plan's to know). A base request's ControlNet session
 goes to its ControlNet pool as gRPC's round_robin policy in the calling base replica's own
 channel sends it: each caller takes the ready replicas in turn from a random start, drawn
 again whenever the pool's ready replicas change (grpc-core builds a new picker then, with a
@@ -189,6 +190,7 @@ class Simulation:
         of a measured run on hardware whose speed drifts passes the measured speed)."""
         self.fleet, self.profile, self.monolithic = fleet, profile, monolithic
         self.rng = random.Random(seed)
+        turns = random.Random(f"services-{seed}")  # apart from the pickers' draws, which stay as they were
         self.first_sync = fleet.sync_period if first_sync is None else first_sync
         self.host = SharedHost(shared_cores) if shared_cores else None
         self.host_version = 0
@@ -196,6 +198,7 @@ class Simulation:
         self.pools = {name: PoolState(pool) for name, pool in fleet.pools.items()}
         for state in self.pools.values():
             state.callers = [self.pools[c] for c in state.model.callers if c in self.pools]
+            state.turn = turns.randrange(1 << 16)
         self.autoscaled = [state for state in self.pools.values() if state.model.autoscaling.enabled]
         self.routes = {wf.name: self._route(wf) for wf in workflows}
         self.events: list[tuple[float, int, int, object]] = []
@@ -360,7 +363,9 @@ class Simulation:
         state.in_flight += 1
         self._start_next(replica, now)
 
-    def _start_next(self, replica: Replica, now: float) -> None:
+    def _start_next(self, replica: Replica, now: float, after_another: bool = False) -> None:
+        """`after_another`: the replica has just finished a request (so this one overlaps its
+        decode: the profile's `queued_slowdown`)."""
         if replica.busy or not replica.queue or replica.ready_at > now:
             return
         job = replica.queue.popleft()
@@ -368,6 +373,8 @@ class Simulation:
         timing, cpu = self._serve(job, replica, now)
         job.replica, job.start, job.blocked = replica, now, timing.lora_blocked_seconds
         factor = 1.0 if self.slowdown is None else self.slowdown(now)
+        if after_another:
+            factor *= self.profile.queued_slowdown
         self._after(now, timing.seconds * factor, cpu * factor, DONE, job)
 
     def _lookups(self, replica: Replica, state: PoolState, names: Sequence[str]) -> int:
@@ -418,7 +425,7 @@ class Simulation:
         if replica.draining and replica.idle:
             replica.remove(now)
             return
-        self._start_next(replica, now)
+        self._start_next(replica, now, after_another=True)
 
     def _demand(self, state: PoolState) -> int:
         if not state.model.callers:

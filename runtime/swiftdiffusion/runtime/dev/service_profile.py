@@ -12,6 +12,12 @@ runs the decoder; so the encoder is the residual round trip less the wait, and t
 share is the round trip less the ControlNet service's own compute. The base replica's own
 work on the exchange (the latent out, the residuals in) runs on its device beside the
 encoder, so it shows where the ControlNets are faster than the encoder: in a step with one.
+
+A replica with a queue serves each request more slowly than one at a time: the base server
+frees its worker before it decodes, so the next request starts beside that decode, and the
+waiting requests' threads run too. Each round also keeps a queue of `QUEUE_DEPTH` in front
+of the base service (requests with 0-2 ControlNets) and divides its time per request by the
+same requests' time alone in that round.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +42,8 @@ from swiftdiffusion.runtime.config import Defaults, LoraEntry
 from swiftdiffusion.runtime.dev.local_stack import Launcher, StackOptions, local_stack
 
 CONTROL_COUNTS = (0, 1, 2, 3)
+QUEUE_DEPTH = 3  # clients keeping the base service's queue full
+BACKLOG_COUNTS = (0, 1, 2)  # the ControlNets of the backlog's requests, QUEUE_DEPTH of each
 LORAS = ("profile-a", "profile-b")
 
 
@@ -160,20 +169,37 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
                 probe.once(seed=0)
                 probe.samples.clear()
             cn_metrics, base_metrics = scrape(options.controlnet_metrics_port), scrape(options.base_metrics_port)
+            backlogs = []
             for round_ in range(repeats):  # interleaved, so drift falls on every set-up alike
                 for name, probe in probes.items():
                     sample = probe.once(seed=1 + round_)
                     log(f"round {round_ + 1}/{repeats} {name}: {sample.timings.get('total', 0.0):.3f} s")
+                backlogs.append(backlog(stack.base.target, [request(n) for n in BACKLOG_COUNTS] * QUEUE_DEPTH))
+                log(f"round {round_ + 1}/{repeats} backlog of {QUEUE_DEPTH}: {backlogs[-1]:.3f} s a request")
     return derive(probes, steps, size, pod_start, cn_metrics, base_metrics,
-                  resident_controlnets=len(controlnets))
+                  resident_controlnets=len(controlnets), backlogs=backlogs)
+
+
+def backlog(target: str, requests: Sequence[Callable[[int], object]]) -> float:
+    """Seconds per request while `QUEUE_DEPTH` clients keep the service's queue full."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(QUEUE_DEPTH) as clients:
+        list(clients.map(lambda pair: generate(target, pair[1](100 + pair[0]), timeout=600), enumerate(requests)))
+    return (time.monotonic() - started) / len(requests)
+
+
+def _served(sample: Sample) -> float:
+    """The request's time in the service less its wait for the worker."""
+    return sample.timings["total"] - sample.timings.get("queue", 0.0)
 
 
 def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn_metrics: dict[str, float],
-           base_metrics: dict[str, float], resident_controlnets: int) -> dict[str, object]:
-    """Profile fields from the samples (medians over the rounds)."""
+           base_metrics: dict[str, float], resident_controlnets: int, backlogs: Sequence[float]) -> dict[str, object]:
+    """Profile fields from the samples (medians over the rounds); `backlogs`: each round's
+    seconds per request with a queue, of the `BACKLOG_COUNTS` requests."""
     plain = probes["0 ControlNets"]
     base_step = plain.median(lambda s: s.timings["denoise"] / steps)
-    fixed = plain.median(lambda s: s.timings["total"] - s.timings.get("queue", 0.0) - s.timings["denoise"])
+    fixed = plain.median(lambda s: _served(s) - s.timings["denoise"])
     with_cn = [(n, probes[f"{n} ControlNets"]) for n in CONTROL_COUNTS if n]
     cn_step = statistics.median(p.median(lambda s: s.controlnet_compute) / n for n, p in with_cn)
     transfer = statistics.median(p.median(lambda s: max(0.0, s.round_trip - s.controlnet_compute)) for _, p in with_cn)
@@ -187,6 +213,9 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
     # ControlNet adds to a plain step is that work where the encoder's path binds, and where the
     # ControlNet's binds, a bound no step with more ControlNets or a slower pod goes below anyway.
     exchange = max(0.0, probes["1 ControlNets"].median(lambda s: s.timings["denoise"] / steps) - base_step)
+    queued = statistics.median(
+        seconds / statistics.mean(_served(probes[f"{n} ControlNets"].samples[round_]) for n in BACKLOG_COUNTS)
+        for round_, seconds in enumerate(backlogs))
     plain_loop = plain.median(lambda s: s.timings["denoise"])
     merges = [(probes[f"{n} LoRAs"].median(lambda s: s.timings["denoise"]) - plain_loop) / n for n in (1, 2)]
     lora_load = _mean(base_metrics, {}, names.LORA_LOAD_SECONDS)
@@ -195,7 +224,8 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
     return {
         "source": (f"measured by `swiftdiffusion profile` on {datetime.date.today().isoformat()}: the runtime's "
                    f"services on this machine, one intra-op thread each, {size} px, {steps} steps, medians of "
-                   f"{len(plain.samples)} interleaved rounds, from the replies' phase timings and the services' "
+                   f"{len(plain.samples)} interleaved rounds (each with a backlog of {QUEUE_DEPTH} clients), "
+                   f"from the replies' phase timings and the services' "
                    f"/metrics; latent_parallel_speedup is not measured (it needs a second device: see "
                    f"bench/cfg_bench.py) and is 1.0; monolithic_lora_seconds is our load plus merge before the loop"),
         "reference_width": size,
@@ -205,6 +235,7 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
         "controlnet_step_seconds": cn_step,
         "residual_transfer_seconds": transfer,
         "residual_exchange_seconds": exchange,
+        "queued_slowdown": queued,
         "controlnet_open_seconds": open_per_cn,
         "fixed_seconds": fixed,
         "latent_parallel_speedup": 1.0,
