@@ -56,7 +56,7 @@ STEPS, SIZE = 8, 64
 # Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
 # other to the test bed's daemons and the load client (docs/planner.md, Calibrating: runs 6-10).
 CPU_LIMIT = 0.2
-SEEDS = 16  # simulations of the trace, each with its own start for every round-robin
+SEEDS = 16  # simulations of the trace, each with its own round-robin starts and scrape phase
 
 
 def calibration_workflow(controlnet_bytes: int) -> dict[str, Any]:
@@ -132,10 +132,12 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     first_sync = run.first_sync(base, plan.sync_period)
     # Each replica its own device; the first run at the profile's speed, the second at the speed
     # the canary measured at each moment of the replay.
-    as_profiled = [Simulation(plan, wfs, prof, first_sync=first_sync, seed=seed).run(replayed)
-                   for seed in range(SEEDS)]
-    results = [Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=slowdown, seed=seed).run(replayed)
-               for seed in range(SEEDS)]
+    # Over the phases no plan knows: each seed's round-robin starts, and scrapes spread over the interval.
+    phases = [(seed, plan.scrape_interval * seed / SEEDS) for seed in range(SEEDS)]
+    as_profiled = [Simulation(plan, wfs, prof, first_sync=first_sync, seed=seed, scrape_phase=phase).run(replayed)
+                   for seed, phase in phases]
+    results = [Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=slowdown, seed=seed,
+                          scrape_phase=phase).run(replayed) for seed, phase in phases]
 
     duration = calibration.SEGMENTS[-1][1]
     outcome = calibration.compare(run, results, duration)

@@ -223,6 +223,10 @@ def test_with_a_scrape_interval_the_hpa_scales_on_the_last_scrape_not_the_moment
     scraped = Simulation(dataclasses.replace(fleet.build(wfs), scrape_interval=10.0), wfs, PROFILE).run(burst)
     assert instant.pools["swd-w-base"].timeline[1] == (15, 3)
     assert scraped.pools["swd-w-base"].timeline[1] == (30, 3)
+    # Scrapes at 4, 14, 24 s instead: the one at 14 s sees the backlog, the sync at 15 s acts on it.
+    phased = Simulation(dataclasses.replace(fleet.build(wfs), scrape_interval=10.0), wfs, PROFILE,
+                        scrape_phase=4.0).run(burst)
+    assert phased.pools["swd-w-base"].timeline[1] == (15, 3)
 
 
 def test_the_hpa_leaves_replicas_alone_within_its_tolerance() -> None:

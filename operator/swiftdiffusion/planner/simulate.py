@@ -182,19 +182,21 @@ class _Job:
 class Simulation:
     def __init__(self, fleet: Fleet, workflows: Sequence[m.Workflow], profile: Profile, *,
                  monolithic: bool = False, shared_cores: float | None = None, first_sync: float | None = None,
-                 seed: int = 0, slowdown: Callable[[float], float] | None = None) -> None:
+                 seed: int = 0, slowdown: Callable[[float], float] | None = None, scrape_phase: float = 0.0) -> None:
         """`first_sync`: when the HPAs first sync (default: one period in); a real controller's
         phase is its own, so a replay of a measured run passes the measured one. `seed`: of
         the pickers' random starts. `slowdown`: seconds -> how much slower than the profile the
         replicas serve then; a request started at that moment takes that much longer (a replay
-        of a measured run on hardware whose speed drifts passes the measured speed)."""
+        of a measured run on hardware whose speed drifts passes the measured speed).
+        `scrape_phase`: when the first scrape falls, within the scrape interval (Prometheus
+        spreads its targets over the interval, so a replay averages over it)."""
         self.fleet, self.profile, self.monolithic = fleet, profile, monolithic
         self.rng = random.Random(seed)
         turns = random.Random(f"services-{seed}")  # apart from the pickers' draws, which stay as they were
         self.first_sync = fleet.sync_period if first_sync is None else first_sync
         self.host = SharedHost(shared_cores) if shared_cores else None
         self.host_version = 0
-        self.slowdown = slowdown
+        self.slowdown, self.scrape_phase = slowdown, scrape_phase
         self.pools = {name: PoolState(pool) for name, pool in fleet.pools.items()}
         for state in self.pools.values():
             state.callers = [self.pools[c] for c in state.model.callers if c in self.pools]
@@ -284,7 +286,7 @@ class Simulation:
         if self.autoscaled:
             self._push(self.first_sync, POLL, None)
             if self.fleet.scrape_interval:
-                self._push(0.0, SCRAPE, None)
+                self._push(self.scrape_phase, SCRAPE, None)
         record = self._keep if keep_outcomes else self._tally
         arrivals = iter(requests)
         upcoming = next(arrivals, None)
