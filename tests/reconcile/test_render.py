@@ -54,6 +54,16 @@ def test_runtime_contract_command_ports_probes_and_config_mount() -> None:
         assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("grpc", 50051), ("metrics", 9400)}
 
 
+def test_with_a_cpu_limit_torch_threads_follow_it_and_without_one_torch_keeps_its_default() -> None:
+    limited = workflow(controlnets=[CANNY], basePool={"resources": {"limits": {"cpu": "1500m"}}})
+    manifests = render.render_workflow(limited)
+    base, cn = (_by_kind(manifests, "Deployment", suffix)["spec"]["template"]["spec"]["containers"][0]
+                for suffix in ("-base", "-cn"))
+    assert {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {
+        "containerName": base["name"], "resource": "limits.cpu", "divisor": "1"}}} in base["env"]
+    assert "OMP_NUM_THREADS" not in {e["name"] for e in cn["env"]}
+
+
 def test_latent_parallelism_asks_two_gpus_per_base_pod_and_sets_the_config_flag() -> None:
     wf = workflow(serving={"latentParallelism": "Enabled"}, basePool={"gpus": 2})
     manifests = render.render_workflow(wf)

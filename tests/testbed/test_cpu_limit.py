@@ -21,6 +21,29 @@ def test_the_limit_is_read_in_cores(value: str | None, cores: float | None) -> N
     assert cpu.limit_cores(spec) == cores
 
 
+@pytest.mark.parametrize(("limit", "threads"), [("200m", "1"), ("1", "1"), ("1500m", "2")])
+def test_a_cpu_limit_from_the_downward_api_is_rounded_up_to_whole_cores_and_torch_takes_it(
+        limit: str, threads: str) -> None:
+    """The operator's pods ask for OMP_NUM_THREADS from `limits.cpu` (divisor 1), as the kubelet
+    resolves it: torch in the container then runs that many intra-op threads."""
+    spec = {"name": "runtime", "resources": {"limits": {"cpu": limit}}, "env": [
+        {"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {
+            "containerName": "runtime", "resource": "limits.cpu", "divisor": "1"}}}]}
+    pod = {"metadata": {"name": "p", "namespace": "n", "uid": "u"}, "spec": {"containers": [spec]}}
+    env = container.environment(pod, spec, "10.0.0.1")
+    assert env["OMP_NUM_THREADS"] == threads
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                         env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split()[-1] == threads
+
+
+def test_an_unsupported_resource_field_is_refused_by_name() -> None:
+    spec = {"name": "runtime", "env": [{"name": "M", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}}]}
+    pod = {"metadata": {"name": "p", "namespace": "n", "uid": "u"}, "spec": {"containers": [spec]}}
+    with pytest.raises(container.ContainerConfigError, match="limits.memory"):
+        container.environment(pod, spec, "10.0.0.1")
+
+
 def test_a_pod_with_a_limit_joins_its_cgroup_before_its_command_runs() -> None:
     launch = container.Launch(["python", "-m", "x"], {}, cpu_limit=0.3)
     procs = cpu.CGROUPS / "cpu" / cpu.GROUP / "uid" / "cgroup.procs"

@@ -31,6 +31,7 @@ WORKFLOW_LABEL = "swiftdiffusion.io/workflow"
 SHARED_POOL_LABEL = "swiftdiffusion.io/shared-pool"
 MANAGED_BY = {"app.kubernetes.io/managed-by": FIELD_MANAGER}
 RUNTIME_UID = 10001  # the runtime image's user (Dockerfile.runtime)
+CONTAINER = "runtime"  # the pool pods' one container
 PRE_STOP_SECONDS = 5
 LOAD_SECONDS = 600  # startup probe budget: weights load from the model store
 DOWNLOAD_SECONDS = 3600  # ... or download into it first (SDXL base: about 14 GB, 4 MB/s)
@@ -161,6 +162,17 @@ def _grpc_probe(period: int, failures: int) -> dict[str, Any]:
     return {"grpc": {"port": rc.GRPC_PORT}, "periodSeconds": period, "failureThreshold": failures}
 
 
+def _thread_env(resources: m.Resources) -> list[dict[str, Any]]:
+    """With a CPU limit, torch's intra-op threads follow it (the limit rounded up to whole
+    cores, from the downward API) rather than the node's core count: more threads than the
+    CFS quota runs spend it in parallel bursts and then wait out the period, and a 0.2-core
+    pod with two threads served 1.6-3.4 times slower (docs/operator.md)."""
+    if "cpu" not in resources.limits:
+        return []
+    return [{"name": "OMP_NUM_THREADS", "valueFrom": {"resourceFieldRef": {
+        "containerName": CONTAINER, "resource": "limits.cpu", "divisor": "1"}}}]
+
+
 def _container(plan: PoolPlan) -> dict[str, Any]:
     spec = plan.workflow.spec
     mounts = [{"name": "config", "mountPath": rc.CONFIG_DIR, "readOnly": True},
@@ -168,14 +180,14 @@ def _container(plan: PoolPlan) -> dict[str, Any]:
     if _model_volume(spec.model_store):
         mounts.append({"name": "models", "mountPath": spec.model_store.path, "readOnly": spec.model_store.read_only})
     return {
-        "name": "runtime",
+        "name": CONTAINER,
         "image": spec.image,
         "imagePullPolicy": str(spec.image_pull_policy),
         "command": ["swiftdiffusion"],
         "args": [f"serve-{plan.role}", "--config", f"{rc.CONFIG_DIR}/{rc.CONFIG_FILE}"],
         "ports": [{"name": "grpc", "containerPort": rc.GRPC_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": rc.METRICS_PORT, "protocol": "TCP"}],
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        "env": [{"name": "HOME", "value": "/tmp"}, *_thread_env(plan.pool.resources)],
         "resources": {"requests": _quantities(plan.pool.resources.requests),
                       "limits": _quantities(plan.pool.resources.limits, plan.pool.gpus)},
         # Loading SDXL weights takes minutes, downloading them first (modelDownloads) up to an

@@ -8,11 +8,15 @@ pod binds its own address instead, see network.py).
 """
 from __future__ import annotations
 
+import math
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kubernetes.utils import parse_quantity
 
 from swiftdiffusion.runtime.config import BIND_ADDRESS_ENV
 from tests.testbed.fleet import cpu
@@ -57,18 +61,31 @@ def _field(pod: dict[str, Any], path: str, pod_ip: str) -> str:
     return values[path]
 
 
+def _resource(container: dict[str, Any], ref: dict[str, Any]) -> str:
+    """A CPU request or limit in units of `divisor`, rounded up as the kubelet rounds it; an
+    unset limit is the node's allocatable CPU, here this machine's cores."""
+    kind, _, resource = ref.get("resource", "").partition(".")
+    if resource != "cpu" or kind not in ("limits", "requests"):
+        raise ContainerConfigError(f"resourceFieldRef {ref.get('resource')} is not supported by the fleet's kubelet")
+    value = container.get("resources", {}).get(kind, {}).get("cpu")
+    cores = float(parse_quantity(value)) if value is not None else float(len(os.sched_getaffinity(0)))
+    return str(max(1, math.ceil(cores / float(parse_quantity(ref.get("divisor", "1"))))))
+
+
 def environment(pod: dict[str, Any], container: dict[str, Any], pod_ip: str) -> dict[str, str]:
     """The container's env, then the stand-in's: its interpreter first on PATH, one intra-op
-    thread per process (the node's two cores are shared by every pod), and the pod's address
-    to bind, as its own network namespace would give it."""
+    thread per process unless the pod says otherwise (the node's two cores are shared by
+    every pod), and the pod's address to bind, as its own network namespace would give it."""
     env: dict[str, str] = {}
     for entry in container.get("env", []):
         if "value" in entry:
             env[entry["name"]] = entry["value"]
         elif "fieldRef" in entry.get("valueFrom", {}):
             env[entry["name"]] = _field(pod, entry["valueFrom"]["fieldRef"]["fieldPath"], pod_ip)
+        elif "resourceFieldRef" in entry.get("valueFrom", {}):
+            env[entry["name"]] = _resource(container, entry["valueFrom"]["resourceFieldRef"])
         else:
-            raise ContainerConfigError(f"env {entry['name']}: only values and fieldRefs are supported")
+            raise ContainerConfigError(f"env {entry['name']}: only values, fieldRefs and resourceFieldRefs are supported")
     return {
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "OMP_NUM_THREADS": "1",
