@@ -3,8 +3,9 @@
 Decoupled (SwiftDiffusion): per step the UNet encoder and the ControlNets start together;
 the decoder waits for the residuals, so a step is max(encoder + exchange, ControlNets +
 transfer) + decoder, where the exchange is the base replica's own work on sending the latent
-and taking in the residuals (on one device with the encoder, it does not overlap it). ControlNets run one after another on their pod, slowed by the other sessions that
-pod serves (`controlnet_slowdown`). LoRAs load in BAL's background: LoRA i (loaded one
+and taking in the residuals (on one device with the encoder, it does not overlap it).
+ControlNets run one after another on their pod, slowed by the other sessions that pod
+serves (`controlnet_slowdown`). LoRAs load in BAL's background: LoRA i (loaded one
 after another) is needed before step K_i; what it is late by blocks the loop.
 Monolithic (diffusers): the ControlNets run on the base GPU, serially, every step, and
 LoRAs are loaded and fused before the loop.
