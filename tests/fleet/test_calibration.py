@@ -31,7 +31,7 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from swiftdiffusion.operator import render
 from swiftdiffusion.operator.local_process import LocalOperator
 from swiftdiffusion.planner import fleet as planner_fleet
 from swiftdiffusion.planner import profile, service, trace, workflows
-from swiftdiffusion.planner.simulate import Simulation
+from swiftdiffusion.planner.simulate import Result, Simulation
 from swiftdiffusion.runtime.dev import service_profile
 from swiftdiffusion.runtime.dev.local_stack import Launcher
 from tests.fleet import calibration, canary
@@ -135,12 +135,12 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     first_sync = run.first_sync(base, plan.sync_period)
     # Each replica its own device; the first run at the profile's speed, the second at the speed
     # the canary measured at each moment of the replay.
-    # Over the phases no plan knows: each seed's round-robin starts, and scrapes spread over the interval.
-    phases = [(seed, plan.scrape_interval * seed / SEEDS) for seed in range(SEEDS)]
-    as_profiled = [Simulation(plan, wfs, prof, first_sync=first_sync, seed=seed, scrape_phase=phase).run(replayed)
-                   for seed, phase in phases]
-    results = [Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=slowdown, seed=seed,
-                          scrape_phase=phase).run(replayed) for seed, phase in phases]
+    def simulate(speed: Callable[[float], float] | None) -> list[Result]:
+        """Over the phases no plan knows: each seed's round-robin starts, and scrapes spread over the interval."""
+        return [Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=speed, seed=seed,
+                           scrape_phase=plan.scrape_interval * seed / SEEDS).run(replayed) for seed in range(SEEDS)]
+
+    as_profiled, results = simulate(None), simulate(slowdown)
 
     duration = calibration.SEGMENTS[-1][1]
     outcome = calibration.compare(run, results, duration)

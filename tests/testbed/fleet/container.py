@@ -62,13 +62,11 @@ def _field(pod: dict[str, Any], path: str, pod_ip: str) -> str:
 
 
 def _resource(container: dict[str, Any], ref: dict[str, Any]) -> str:
-    """A CPU request or limit in units of `divisor`, rounded up as the kubelet rounds it; an
-    unset limit is the node's allocatable CPU, here this machine's cores."""
-    kind, _, resource = ref.get("resource", "").partition(".")
-    if resource != "cpu" or kind not in ("limits", "requests"):
+    """The CPU limit in units of `divisor`, rounded up as the kubelet rounds it; an unset limit
+    is the node's allocatable CPU, here this machine's cores."""
+    if ref.get("resource") != "limits.cpu":
         raise ContainerConfigError(f"resourceFieldRef {ref.get('resource')} is not supported by the fleet's kubelet")
-    value = container.get("resources", {}).get(kind, {}).get("cpu")
-    cores = float(parse_quantity(value)) if value is not None else float(len(os.sched_getaffinity(0)))
+    cores = cpu.limit_cores(container) or float(len(os.sched_getaffinity(0)))
     return str(max(1, math.ceil(cores / float(parse_quantity(ref.get("divisor", "1"))))))
 
 
