@@ -18,8 +18,8 @@ and scrape phases; the HPA's phase is taken from the fleet's first scaling.
 Checked (`make calibrate`, not part of `make test` until all of it holds): the replica
 timelines within one replica at every half minute and the ControlNet cache hit rate within
 5 points of the simulations' mean. Latency is printed, not yet checked: within 20% at p50
-and p95 in four of seven runs, and low in all seven, by 5-37% at p50 and 6-28% at p95
-(docs/planner.md, Calibrating: runs 20-26).
+and p95 in five of eight runs, and low in all eight, by 5-37% at p50 and 6-28% at p95
+(docs/planner.md, Calibrating: runs 20-27).
 """
 from __future__ import annotations
 
