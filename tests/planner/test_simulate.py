@@ -67,6 +67,22 @@ def test_decoupled_controlnet_step_waits_for_the_residuals_and_the_first_call_mi
     assert result.cache_hits["swd-w-cn"] == 9 and result.cache_lookups["swd-w-cn"] == 10
 
 
+def test_a_miss_loads_on_its_controlnet_replica_beside_the_sessions_and_loads_already_there() -> None:
+    """Two callers that miss on one ControlNet replica at once: the second's load shares that
+    replica with the first's load and the first's session (processor sharing), as on a new
+    replica that every base replica finds at the same moment."""
+    wf = workflow("w", controlnets=("canny", "depth"), base_pool={"replicas": 2}, controlnet_pool={"replicas": 1})
+    requests = [Request(0.0, "w", ("canny",), (), 10, 64, 64), Request(0.0, "w", ("depth",), (), 10, 64, 64)]
+    sim = Simulation(fleet.build([wf]), [wf], PROFILE)
+    first, second = latencies(sim.run(requests))
+    work = service.Work(steps=10, pixels=64 * 64, controlnets=1, lora_ks=())
+    share = service.controlnet_share(PROFILE, work)
+    assert first == pytest.approx(service.decoupled(PROFILE, work).seconds + 1.0)  # alone on the replica
+    # one load ahead of it and the first session's steps: 1 s of load at 1 / (1 + 1 + share) of the
+    # device; then both sessions' steps share it
+    assert second == pytest.approx(service.decoupled(PROFILE, work, 2 * share).seconds + 1.0 * (2 + share))
+
+
 def test_monolithic_pods_run_controlnets_on_the_base_gpu_serially() -> None:
     result = run([workflow("w", controlnets=("canny", "depth"))], every(6.0, 3, controlnets=("canny", "depth")),
                  design="monolithic")

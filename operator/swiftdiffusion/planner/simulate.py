@@ -6,9 +6,12 @@ a proxy's turn stands is no plan's to know). A base request's ControlNet session
 goes to its ControlNet pool as gRPC's round_robin policy in the calling base replica's own
 channel sends it: each caller takes the ready replicas in turn from a random start, drawn
 again whenever the pool's ready replicas change (grpc-core builds a new picker then, with a
-random start, so that clients do not all begin on the same endpoint). Autoscaled pools are
-resized every HPA sync period as the HPA does for the operator's ScaledObjects: desired
-= ceil(demand / target) within the bounds, unchanged within the HPA's 10% tolerance,
+random start, so that clients do not all begin on the same endpoint). A session's cache
+misses load on that ControlNet replica as work of its own beside its open sessions' steps
+and other loads (processor sharing), so a replica many callers find at once loads slowly;
+the loads do not slow the sessions already open, whose steps are timed as they start.
+Autoscaled pools are resized every HPA sync period as the HPA does for the operator's
+ScaledObjects: desired = ceil(demand / target) within the bounds, unchanged within the HPA's 10% tolerance,
 demand = the pool's in-flight calls (a ControlNet pool: max(own sessions, sum of its
 callers' in-flight)) at the sync, or at the last Prometheus scrape with a scrape interval,
 scale-up at most max(4 pods, 100%) per sync (the HPA's default policy), scale-down to
@@ -71,6 +74,7 @@ class Replica:
     sessions: int = 0
     picker: int = -1  # a calling replica: the ControlNet pool's `endpoints` its picker was built for
     picked: int = 0  # and its picker's last position over the ready replicas
+    loading_until: list[float] = field(default_factory=list)  # a ControlNet replica: when its loads in progress end
 
     @property
     def idle(self) -> bool:
@@ -396,21 +400,36 @@ class Simulation:
         cn = None if cn_pool is None or not names else cn_pool.pick_for(replica, now, self.rng)
         if cn is None:
             misses = self._lookups(replica, route.base, names) if self.monolithic else 0
-        else:
-            misses = self._lookups(cn, cn_pool, names)
-        shape = self._shape(route, request.steps, request.width * request.height, len(names),
-                            route.work.lora_ks(request.loras), misses)
-        if cn is None:
+            shape = self._shape(route, request.steps, request.width * request.height, len(names),
+                                route.work.lora_ks(request.loras), misses)
             return shape.alone, shape.alone.seconds
+        misses = self._lookups(cn, cn_pool, names)
+        shape = self._shape(route, request.steps, request.width * request.height, len(names),
+                            route.work.lora_ks(request.loras), 0)
+        load = self._load(cn, misses, now)
         cn.load += shape.share
         cn.sessions += 1
         cn_pool.in_flight += 1
         job.controlnet, job.share = cn, shape.share
         slowdown = max(1.0, cn.load)
         timing = shape.alone if slowdown == 1.0 else shape.decoupled.timing(slowdown)
+        if load:
+            timing = service.Timing(timing.seconds + load, timing.lora_blocked_seconds)
         if self.host is None:
             return timing, timing.seconds
-        return timing, service.cpu_seconds(self.profile, shape.decoupled.work, timing, slowdown)
+        return timing, (service.cpu_seconds(self.profile, shape.decoupled.work, timing, slowdown)
+                        - load + misses * self.profile.controlnet_load_seconds)
+
+    def _load(self, cn: Replica, misses: int, now: float) -> float:
+        """Seconds the session's cache misses take to load on `cn`: flat out, beside the steps of
+        its open sessions and the other loads in progress, on one device shared as processor
+        sharing does (so a new replica that every caller finds at once loads slowly)."""
+        cn.loading_until = [end for end in cn.loading_until if end > now]
+        if not misses:
+            return 0.0
+        seconds = misses * self.profile.controlnet_load_seconds * (1.0 + cn.load + len(cn.loading_until))
+        cn.loading_until.append(now + seconds)
+        return seconds
 
     def _done(self, job: _Job, now: float, record: Callable[[_Job, float], None]) -> None:
         record(job, now)
