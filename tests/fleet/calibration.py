@@ -73,6 +73,7 @@ class FleetRun:
     failures: list[str] = field(default_factory=list)
     replicas: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # pool -> (seconds, spec.replicas)
     lookups: dict[str, tuple[float, float]] = field(default_factory=dict)  # ControlNet pod -> (hits, misses)
+    loads: dict[str, tuple[float, float]] = field(default_factory=dict)  # ControlNet pod -> (loads, their seconds)
     pod_starts: dict[str, float] = field(default_factory=dict)  # pod -> created to Ready, seconds
     scale_times: dict[str, list[float]] = field(default_factory=dict)  # pool -> its HPA's scalings, seconds
     started_at: float = 0.0  # wall clock at second 0 of the trace
@@ -88,16 +89,25 @@ class FleetRun:
         total = hits + sum(m for _, m in self.lookups.values())
         return hits / total if total else 0.0
 
+    def mean_load(self) -> float | None:
+        """A ControlNet load's mean seconds on the ControlNet pods (None without one)."""
+        count = sum(n for n, _ in self.loads.values())
+        return sum(s for _, s in self.loads.values()) / count if count else None
+
 
 def pod_start(pod: dict[str, Any]) -> float:
     """Created -> Ready, seconds."""
     return seconds_between(pod["metadata"]["creationTimestamp"], ready_since(pod))
 
 
-def cache_counters(pod_ip: str) -> tuple[float, float]:
-    values = {s.name: s.value for s in pod_samples(pod_ip, timeout=2)}
-    return (values.get(metric_names.CONTROLNET_CACHE_HITS_TOTAL, 0.0),
-            values.get(metric_names.CONTROLNET_CACHE_MISSES_TOTAL, 0.0))
+def controlnet_counters(pod_ip: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """A ControlNet pod's (cache hits, misses) and (ControlNet loads, their seconds)."""
+    values = {s.name: s.value for s in pod_samples(pod_ip, timeout=2)
+              if s.labels.get("kind", "controlnet") == "controlnet"}
+    return ((values.get(metric_names.CONTROLNET_CACHE_HITS_TOTAL, 0.0),
+             values.get(metric_names.CONTROLNET_CACHE_MISSES_TOTAL, 0.0)),
+            (values.get(f"{metric_names.MODEL_LOAD_SECONDS}_count", 0.0),
+             values.get(f"{metric_names.MODEL_LOAD_SECONDS}_sum", 0.0)))
 
 
 def _sample(cluster: Cluster, pools: Sequence[str], controlnet_pool: str, run: FleetRun, elapsed: float,
@@ -120,7 +130,7 @@ def _sample(cluster: Cluster, pools: Sequence[str], controlnet_pool: str, run: F
         ip = pod.get("status", {}).get("podIP")
         if ip:
             try:
-                run.lookups[pod["metadata"]["name"]] = cache_counters(ip)
+                run.lookups[pod["metadata"]["name"]], run.loads[pod["metadata"]["name"]] = controlnet_counters(ip)
             except OSError:
                 pass  # starting or gone: its last counters stand
 

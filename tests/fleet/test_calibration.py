@@ -162,6 +162,8 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
                       "at the profile's speed:", *unadjusted.lines()[:3],
                       f"pod starts (created -> Ready): fleet {starts} s, first pods "
                       f"{prof.pod_start_seconds:.1f} s (simulated), local profile {local.pod_start_seconds:.1f} s",
+                      f"a ControlNet load (cache miss): fleet {run.mean_load() or 0:.3f} s on average over "
+                      f"{sum(n for n, _ in run.loads.values()):.0f}, profile {prof.controlnet_load_seconds:.3f} s",
                       *run.failures]))
     assert run.failures == []
     assert max(real for _, real, _ in outcome.replicas[base]) > 1, "the burst scaled the base pool"
