@@ -34,12 +34,13 @@ def measured_step(controlnets: int) -> tuple[float, float]:
     return max(ENCODER + EXCHANGE, round_trip) + DECODER, max(0.0, round_trip - ENCODER)
 
 
-def probe(controlnets: int, extra: float = 0.0) -> service_profile.Probe:
+def probe(controlnets: int, extra: float = 0.0, loads: int = 0, load: float = 0.3) -> service_profile.Probe:
+    """A request's sample; its `loads` misses, `load` seconds each, lengthen its session's open."""
     step, wait = measured_step(controlnets)
-    timings = {"total": STEPS * step + 0.1 + extra, "queue": 0.0, "denoise": STEPS * step + extra,
-               "residual_wait": STEPS * wait, "controlnet_open": 0.02 * controlnets}
+    timings = {"total": STEPS * step + 0.1 + extra + loads * load, "queue": 0.0, "denoise": STEPS * step + extra,
+               "residual_wait": STEPS * wait, "controlnet_open": 0.02 * controlnets + loads * load}
     sample = service_profile.Sample(timings, round_trip=controlnets * CONTROLNET + WIRE if controlnets else 0.0,
-                                    controlnet_compute=controlnets * CONTROLNET)
+                                    controlnet_compute=controlnets * CONTROLNET, loads=loads, load_seconds=loads * load)
     return service_profile.Probe("", (0, 0), lambda seed: None, [sample])
 
 
@@ -48,8 +49,7 @@ def test_the_derived_profile_predicts_what_it_measured_alone_and_behind_a_queue(
     probes |= {"1 LoRAs": probe(0, 0.03), "2 LoRAs": probe(0, 0.06)}
     alone = sum(STEPS * measured_step(n)[0] + 0.1 for n in service_profile.BACKLOG_COUNTS) / 3
     derived = Profile.model_validate(service_profile.derive(
-        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, resident_controlnets=3,
-        backlogs=[1.08 * alone]))
+        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, backlogs=[1.08 * alone]))
 
     assert derived.queued_slowdown == pytest.approx(1.08)
     assert derived.residual_exchange_seconds == pytest.approx(EXCHANGE)
@@ -60,3 +60,17 @@ def test_the_derived_profile_predicts_what_it_measured_alone_and_behind_a_queue(
     # With one ControlNet the step is the encoder's path: the exchange is what makes it so.
     without = derived.model_copy(update={"residual_exchange_seconds": 0.0})
     assert service.decoupled_step(without, service.Work(STEPS, 64 * 64, 1, ()), 1.0) < 0.95 * measured_step(1)[0]
+
+
+def test_the_rounds_misses_are_the_load_time_and_are_taken_out_of_the_open_and_the_queue() -> None:
+    """The profile's ControlNet cache holds one ControlNet, so its rounds miss: what the misses
+    took is the load time, and nothing else the profile derives moves with them."""
+    probes = {f"{n} ControlNets": probe(n, loads=min(n, 2), load=0.1 * n) for n in service_profile.CONTROL_COUNTS}
+    probes |= {"1 LoRAs": probe(0, 0.03), "2 LoRAs": probe(0, 0.06)}
+    alone = sum(STEPS * measured_step(n)[0] + 0.1 for n in service_profile.BACKLOG_COUNTS) / 3
+    derived = Profile.model_validate(service_profile.derive(
+        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, backlogs=[1.08 * alone]))
+
+    assert derived.controlnet_load_seconds == pytest.approx((0.1 + 2 * 0.2 + 2 * 0.3) / 5)  # over all 5 loads
+    assert derived.controlnet_open_seconds == pytest.approx(0.02)
+    assert derived.queued_slowdown == pytest.approx(1.08)

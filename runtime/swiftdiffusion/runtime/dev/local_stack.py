@@ -50,6 +50,7 @@ class StackOptions:
     loras: Sequence[LoraEntry] = ()
     wire_dtype: str = "float32"
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS
+    controlnet_cache_bytes: int = 8 << 30
 
     @classmethod
     def on_free_ports(cls, model_set: Path, **options) -> StackOptions:
@@ -88,7 +89,7 @@ def stack_configs(options: StackOptions) -> tuple[RuntimeConfig, RuntimeConfig]:
         grpc_port=options.controlnet_port,
         metrics_port=options.controlnet_metrics_port,
         cpu_affinity=list(options.controlnet_cpus) if options.controlnet_cpus else None,
-        controlnet=ControlNetSection(cache_bytes=8 << 30, dtype="float32"),
+        controlnet=ControlNetSection(cache_bytes=options.controlnet_cache_bytes, dtype="float32"),
         **common,
     )
     return base, controlnet

@@ -13,6 +13,11 @@ share is the round trip less the ControlNet service's own compute. The base repl
 work on the exchange (the latent out, the residuals in) runs on its device beside the
 encoder, so it shows where the ControlNets are faster than the encoder: in a step with one.
 
+The ControlNet service's cache holds one ControlNet, so every round misses: a load is a
+short burst of work that a CPU quota stretches by where it falls in the quota's period, and
+the rounds sample it many times over (the warm-up's first loads, one of each, are not kept).
+What a miss costs is its own field, so each request's loads are taken out of its other times.
+
 A replica with a queue serves each request more slowly than one at a time: the base server
 frees its worker before it decodes, so the next request starts beside that decode, and the
 waiting requests' threads run too. Each round also keeps a queue of `QUEUE_DEPTH` in front
@@ -95,6 +100,12 @@ def _mean(after: dict[str, float], before: dict[str, float], histogram: str, kin
     return total / count if count else 0.0
 
 
+def _loads(after: dict[str, float], before: dict[str, float]) -> tuple[float, float]:
+    """(ControlNets loaded, their seconds) between two scrapes of the ControlNet service."""
+    count, total = (f"{names.MODEL_LOAD_SECONDS}_{part}{{kind=controlnet}}" for part in ("count", "sum"))
+    return after.get(count, 0.0) - before.get(count, 0.0), after.get(total, 0.0) - before.get(total, 0.0)
+
+
 @dataclass
 class Sample:
     """One request: its phase timings and what each service observed while it ran."""
@@ -102,6 +113,8 @@ class Sample:
     timings: dict[str, float]
     round_trip: float  # per step, latent sent to residuals received (base side)
     controlnet_compute: float  # per step, the ControlNet service's own compute
+    loads: float = 0.0  # ControlNets the service loaded for it (its cache misses)
+    load_seconds: float = 0.0  # and their seconds
 
 
 @dataclass
@@ -118,7 +131,7 @@ class Probe:
         reply: GenerateReply = generate(self.target, self.request(seed), timeout=600)
         base, cn = [scrape(p) for p in self.ports]
         sample = Sample(reply.timings, _mean(base, before[0], names.RESIDUAL_TRANSFER_SECONDS),
-                        _mean(cn, before[1], names.STEP_SECONDS))
+                        _mean(cn, before[1], names.STEP_SECONDS), *_loads(cn, before[1]))
         self.samples.append(sample)
         return sample
 
@@ -147,7 +160,9 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
 
     controlnets = sorted(p.name for p in (models / "controlnets").iterdir())[: max(CONTROL_COUNTS)]
     loras = [LoraEntry(name=n, source=str(lora_for_model_set(models, n)), k=steps) for n in LORAS]
-    options = StackOptions.on_free_ports(models, threads=1, loras=loras,
+    one_controlnet = max(sum(f.stat().st_size for f in (models / "controlnets" / name).glob("*.safetensors"))
+                         for name in controlnets)
+    options = StackOptions.on_free_ports(models, threads=1, loras=loras, controlnet_cache_bytes=one_controlnet * 3 // 2,
                                          defaults=Defaults(steps=steps, guidance_scale=5.0, width=size, height=size))
     images = [_control_image(size, i) for i in range(len(controlnets))]
     with tempfile.TemporaryDirectory(prefix="swiftdiffusion-profile-") as folder:
@@ -174,36 +189,40 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
                 for name, probe in probes.items():
                     sample = probe.once(seed=1 + round_)
                     log(f"round {round_ + 1}/{repeats} {name}: {sample.timings.get('total', 0.0):.3f} s")
-                backlogs.append(backlog(stack.base.target, [request(n) for n in BACKLOG_COUNTS] * QUEUE_DEPTH))
+                backlogs.append(backlog(stack.base.target, [request(n) for n in BACKLOG_COUNTS] * QUEUE_DEPTH,
+                                        options.controlnet_metrics_port))
                 log(f"round {round_ + 1}/{repeats} backlog of {QUEUE_DEPTH}: {backlogs[-1]:.3f} s a request")
-    return derive(probes, steps, size, pod_start, cn_metrics, base_metrics,
-                  resident_controlnets=len(controlnets), backlogs=backlogs)
+    return derive(probes, steps, size, pod_start, cn_metrics, base_metrics, backlogs=backlogs)
 
 
-def backlog(target: str, requests: Sequence[Callable[[int], object]]) -> float:
-    """Seconds per request while `QUEUE_DEPTH` clients keep the service's queue full."""
-    started = time.monotonic()
+def backlog(target: str, requests: Sequence[Callable[[int], object]], controlnet_metrics_port: int) -> float:
+    """Seconds per request while `QUEUE_DEPTH` clients keep the service's queue full, less the
+    ControlNet loads of their misses (which hold the base service's worker)."""
+    before, started = scrape(controlnet_metrics_port), time.monotonic()
     with ThreadPoolExecutor(QUEUE_DEPTH) as clients:
         list(clients.map(lambda pair: generate(target, pair[1](100 + pair[0]), timeout=600), enumerate(requests)))
-    return (time.monotonic() - started) / len(requests)
+    elapsed = time.monotonic() - started
+    return (elapsed - _loads(scrape(controlnet_metrics_port), before)[1]) / len(requests)
 
 
 def _served(sample: Sample) -> float:
-    """The request's time in the service less its wait for the worker."""
-    return sample.timings["total"] - sample.timings.get("queue", 0.0)
+    """The request's time in the service less its wait for the worker and its ControlNet loads."""
+    return sample.timings["total"] - sample.timings.get("queue", 0.0) - sample.load_seconds
 
 
 def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn_metrics: dict[str, float],
-           base_metrics: dict[str, float], resident_controlnets: int, backlogs: Sequence[float]) -> dict[str, object]:
+           base_metrics: dict[str, float], backlogs: Sequence[float]) -> dict[str, object]:
     """Profile fields from the samples (medians over the rounds); `backlogs`: each round's
-    seconds per request with a queue, of the `BACKLOG_COUNTS` requests."""
+    seconds per request with a queue, of the `BACKLOG_COUNTS` requests, less their loads;
+    `cn_metrics`: the ControlNet service's after the warm-up (its cache holds one ControlNet)."""
     plain = probes["0 ControlNets"]
     base_step = plain.median(lambda s: s.timings["denoise"] / steps)
     fixed = plain.median(lambda s: _served(s) - s.timings["denoise"])
     with_cn = [(n, probes[f"{n} ControlNets"]) for n in CONTROL_COUNTS if n]
     cn_step = statistics.median(p.median(lambda s: s.controlnet_compute) / n for n, p in with_cn)
     transfer = statistics.median(p.median(lambda s: max(0.0, s.round_trip - s.controlnet_compute)) for _, p in with_cn)
-    open_per_cn = statistics.median(p.median(lambda s: s.timings.get("controlnet_open", 0.0)) / n for n, p in with_cn)
+    open_per_cn = statistics.median(p.median(lambda s: s.timings.get("controlnet_open", 0.0) - s.load_seconds) / n
+                                    for n, p in with_cn)
     # The encoder is the round trip less the wait, seen where the loop waited at all; where it
     # never waited, the ControlNets are faster than the encoder and the biggest round trip bounds it.
     waited = [p.median(lambda s: s.round_trip - s.timings.get("residual_wait", 0.0) / steps)
@@ -220,13 +239,17 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
     merges = [(probes[f"{n} LoRAs"].median(lambda s: s.timings["denoise"]) - plain_loop) / n for n in (1, 2)]
     lora_load = _mean(base_metrics, {}, names.LORA_LOAD_SECONDS)
     merge = max(0.0, statistics.mean(merges))
-    controlnet_load = _mean(cn_metrics, {}, names.MODEL_LOAD_SECONDS, kind="controlnet")
+    samples = [s for _, p in with_cn for s in p.samples]
+    loads = sum(s.loads for s in samples)
+    controlnet_load = (sum(s.load_seconds for s in samples) / loads if loads
+                       else _mean(cn_metrics, {}, names.MODEL_LOAD_SECONDS, kind="controlnet"))
     return {
         "source": (f"measured by `swiftdiffusion profile` on {datetime.date.today().isoformat()}: the runtime's "
                    f"services on this machine, one intra-op thread each, {size} px, {steps} steps, medians of "
                    f"{len(plain.samples)} interleaved rounds (each with a backlog of {QUEUE_DEPTH} clients), "
                    f"from the replies' phase timings and the services' "
-                   f"/metrics; latent_parallel_speedup is not measured (it needs a second device: see "
+                   f"/metrics (ControlNet loads from the rounds' misses: the service's cache holds one ControlNet); "
+                   f"latent_parallel_speedup is not measured (it needs a second device: see "
                    f"bench/cfg_bench.py) and is 1.0; monolithic_lora_seconds is our load plus merge before the loop"),
         "reference_width": size,
         "reference_height": size,
@@ -240,7 +263,7 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
         "fixed_seconds": fixed,
         "latent_parallel_speedup": 1.0,
         "controlnet_load_seconds": controlnet_load,
-        "controlnet_bytes": int(cn_metrics.get(names.CONTROLNET_RESIDENT_BYTES, 0.0) / resident_controlnets),
+        "controlnet_bytes": int(cn_metrics.get(names.CONTROLNET_RESIDENT_BYTES, 0.0)),
         "lora_load_seconds": lora_load,
         "lora_merge_seconds": merge,
         "monolithic_lora_seconds": lora_load + merge,
