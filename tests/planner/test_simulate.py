@@ -230,6 +230,21 @@ def test_only_a_request_started_as_the_one_before_it_ends_takes_the_queued_slowd
     assert latencies(result) == pytest.approx([SERVICE, SERVICE + 1.2 * SERVICE, SERVICE])
 
 
+def test_the_next_request_takes_the_worker_as_the_one_before_it_starts_to_decode() -> None:
+    """The base server frees its worker after the loop: a queued request starts then, and the
+    decode beside it takes the profile's `queued_decode_slowdown` longer; a decode with nothing
+    beside it takes its own time."""
+    wf = workflow("w", base_pool={"replicas": 1})
+    decoding = PROFILE.model_copy(update={"decode_seconds": 0.2, "queued_decode_slowdown": 2.0,
+                                          "queued_slowdown": 1.1})
+    result = Simulation(fleet.build([wf]), [wf], decoding).run(every(0.0, 2))
+    worker = SERVICE - 0.2
+    # the first decodes from worker to worker + 0.4 beside the second, which holds the worker
+    # 1.1 times as long and then decodes alone
+    assert latencies(result) == pytest.approx([worker + 0.2 * 2.0, worker + 1.1 * worker + 0.2])
+    assert result.pools["swd-w-base"].replicas[0].idle
+
+
 def test_with_a_scrape_interval_the_hpa_scales_on_the_last_scrape_not_the_moment() -> None:
     # Scrapes at 0, 10, 20 s; syncs at 15, 30 s. A backlog arriving at 11 s is not seen by the
     # sync at 15 s (the last scrape, at 10 s, saw nothing), only by the one at 30 s.

@@ -23,6 +23,7 @@ def test_bad_options_exit_2_naming_them_and_write_nothing(option: list[str], tmp
 
 
 ENCODER, DECODER, CONTROLNET, WIRE, EXCHANGE, STEPS = 0.05, 0.05, 0.045, 0.012, 0.02, 8
+DECODE = 0.06  # of the 0.1 s outside the loop: after it, outside the worker
 
 
 def measured_step(controlnets: int) -> tuple[float, float]:
@@ -38,20 +39,31 @@ def probe(controlnets: int, extra: float = 0.0, loads: int = 0, load: float = 0.
     """A request's sample; its `loads` misses, `load` seconds each, lengthen its session's open."""
     step, wait = measured_step(controlnets)
     timings = {"total": STEPS * step + 0.1 + extra + loads * load, "queue": 0.0, "denoise": STEPS * step + extra,
-               "residual_wait": STEPS * wait, "controlnet_open": 0.02 * controlnets + loads * load}
+               "residual_wait": STEPS * wait, "controlnet_open": 0.02 * controlnets + loads * load,
+               "vae_decode": DECODE - 0.004, "png": 0.004}
     sample = service_profile.Sample(timings, round_trip=controlnets * CONTROLNET + WIRE if controlnets else 0.0,
                                     controlnet_compute=controlnets * CONTROLNET, loads=loads, load_seconds=loads * load)
     return service_profile.Probe("", (0, 0), lambda seed: None, [sample])
 
 
+def backlog(queued: float, decode_slowdown: float, requests: int = 9) -> service_profile.Backlog:
+    """A queue of `requests` (the backlog's mix, in turn): the first has the worker at once, each
+    later one holds it `queued` times as long as alone, less the decode before it frees it."""
+    alone = [STEPS * measured_step(n)[0] + 0.1 for n in service_profile.BACKLOG_COUNTS]
+    served = sum(alone) / len(alone)
+    return service_profile.Backlog(served + (requests - 1) * (served - DECODE) * queued, requests,
+                                   [DECODE * decode_slowdown] * requests)
+
+
 def test_the_derived_profile_predicts_what_it_measured_alone_and_behind_a_queue() -> None:
     probes = {f"{n} ControlNets": probe(n) for n in service_profile.CONTROL_COUNTS}
     probes |= {"1 LoRAs": probe(0, 0.03), "2 LoRAs": probe(0, 0.06)}
-    alone = sum(STEPS * measured_step(n)[0] + 0.1 for n in service_profile.BACKLOG_COUNTS) / 3
     derived = Profile.model_validate(service_profile.derive(
-        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, backlogs=[1.08 * alone]))
+        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, backlogs=[backlog(1.08, 2.5)]))
 
     assert derived.queued_slowdown == pytest.approx(1.08)
+    assert derived.decode_seconds == pytest.approx(DECODE)
+    assert derived.queued_decode_slowdown == pytest.approx(2.5)
     assert derived.residual_exchange_seconds == pytest.approx(EXCHANGE)
     assert derived.residual_transfer_seconds == pytest.approx(WIRE)
     for n in service_profile.CONTROL_COUNTS:
@@ -67,9 +79,8 @@ def test_the_rounds_misses_are_the_load_time_and_are_taken_out_of_the_open_and_t
     took is the load time, and nothing else the profile derives moves with them."""
     probes = {f"{n} ControlNets": probe(n, loads=min(n, 2), load=0.1 * n) for n in service_profile.CONTROL_COUNTS}
     probes |= {"1 LoRAs": probe(0, 0.03), "2 LoRAs": probe(0, 0.06)}
-    alone = sum(STEPS * measured_step(n)[0] + 0.1 for n in service_profile.BACKLOG_COUNTS) / 3
     derived = Profile.model_validate(service_profile.derive(
-        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, backlogs=[1.08 * alone]))
+        probes, STEPS, 64, pod_start=10.0, cn_metrics={}, base_metrics={}, backlogs=[backlog(1.08, 2.5)]))
 
     assert derived.controlnet_load_seconds == pytest.approx((0.1 + 2 * 0.2 + 2 * 0.3) / 5)  # over all 5 loads
     assert derived.controlnet_open_seconds == pytest.approx(0.02)

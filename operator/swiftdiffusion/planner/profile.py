@@ -40,9 +40,14 @@ class Profile(BaseModel):
     lora_merge_seconds: float  # one LoRA merged in place (BAL, on the critical path)
     monolithic_lora_seconds: float  # one LoRA loaded and fused before the loop (diffusers)
     pod_start_seconds: float  # a new replica: scheduled to serving
-    # a request started from its replica's queue, as the one before it ends, takes this much
-    # longer: the base server frees its worker before decoding, so it starts beside that decode
+    # per request at the reference size, after the loop: the VAE decode and the image encoding,
+    # which the base server runs after it frees its worker for the next request
+    decode_seconds: float = 0.0
+    # a request taken from its replica's queue as the one before it frees the worker holds the
+    # worker this much longer: it starts beside that request's decode
     queued_slowdown: float = 1.0
+    # and that decode, beside it, takes this much longer than alone
+    queued_decode_slowdown: float = 1.0
 
 
 def load(path: Path) -> Profile:

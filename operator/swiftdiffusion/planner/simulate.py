@@ -1,6 +1,9 @@
 """Discrete-event replay of a trace through a `Fleet`.
 
-Base replicas serve one request at a time from their own queue; requests reach them
+Base replicas serve one request at a time from their own queue, as the base server's worker
+does: it takes the next request once the loop is done, and the reply's decode follows beside
+it (the profile's `decode_seconds`, slowed by `queued_decode_slowdown` when a queued request
+started then, which is itself slowed by `queued_slowdown`). Requests reach them
 round-robin over the pool Service's ready endpoints, from a start drawn from the seed (where
 a proxy's turn stands is no plan's to know). A base request's ControlNet session
 goes to its ControlNet pool as gRPC's round_robin policy in the calling base replica's own
@@ -50,7 +53,7 @@ from swiftdiffusion.planner.host import SharedHost
 from swiftdiffusion.planner.profile import Profile
 from swiftdiffusion.planner.trace import Request
 
-DONE, READY, POLL, SHARED, SCRAPE = range(5)
+DONE, READY, POLL, SHARED, SCRAPE, RELEASE = range(6)
 HPA_SCALE_UP_PODS = 4  # the HPA's default scale-up policy: max(4 pods, 100%) per period
 HPA_TOLERANCE = 0.1  # the HPA leaves replicas alone while demand / (target x replicas) is within 10% of 1
 SHAPES_CACHED = 4096  # request shapes (workflow, steps, size, ControlNets, LoRA bounds, misses) whose work is kept
@@ -72,13 +75,14 @@ class Replica:
     removed: float | None = None
     load: float = 0.0  # a ControlNet replica: the summed share of its open sessions
     sessions: int = 0
+    decoding: int = 0  # a base replica: requests past its worker, decoding their images
     picker: int = -1  # a calling replica: the ControlNet pool's `endpoints` its picker was built for
     picked: int = 0  # and its picker's last position over the ready replicas
     loading_until: list[float] = field(default_factory=list)  # a ControlNet replica: when its loads in progress end
 
     @property
     def idle(self) -> bool:
-        return not self.busy and not self.queue and not self.sessions
+        return not self.busy and not self.queue and not self.sessions and not self.decoding
 
     def remove(self, now: float) -> None:
         """Gone: it keeps only its lifetime (what GPU-hours and peak GPUs need), not its
@@ -176,7 +180,7 @@ class _Shape:
 class _Job:
     """A request in flight, with what its completion needs."""
 
-    __slots__ = ("request", "index", "route", "replica", "start", "blocked", "controlnet", "share")
+    __slots__ = ("request", "index", "route", "replica", "start", "blocked", "controlnet", "share", "decode")
 
     def __init__(self, request: Request, index: int, route: _Route) -> None:
         self.request, self.index, self.route = request, index, route
@@ -310,14 +314,18 @@ class Simulation:
                 continue
             now, _, kind, payload = pop(heap)
             events += 1
-            if kind == DONE:
+            if kind == RELEASE:
+                open_requests -= self._release(payload, now, record)
+            elif kind == DONE:
                 self._done(payload, now, record)
                 open_requests -= 1
             elif kind == SHARED:
                 if payload != self.host_version:
                     continue  # the sharing changed since: a newer event stands for the host
                 for kind, payload in self.host.finished(now):
-                    if kind == DONE:
+                    if kind == RELEASE:
+                        open_requests -= self._release(payload, now, record)
+                    elif kind == DONE:
                         self._done(payload, now, record)
                         open_requests -= 1
                     else:
@@ -369,19 +377,24 @@ class Simulation:
         state.in_flight += 1
         self._start_next(replica, now)
 
-    def _start_next(self, replica: Replica, now: float, after_another: bool = False) -> None:
-        """`after_another`: the replica has just finished a request (so this one overlaps its
-        decode: the profile's `queued_slowdown`)."""
+    def _start_next(self, replica: Replica, now: float, after_another: bool = False) -> bool:
+        """Starts the replica's next request, if it can take one now. `after_another`: the
+        replica's worker has just been freed by a request that goes on to decode (so this one
+        starts beside that decode: the profile's `queued_slowdown`)."""
         if replica.busy or not replica.queue or replica.ready_at > now:
-            return
+            return False
         job = replica.queue.popleft()
         replica.busy = True
         timing, cpu = self._serve(job, replica, now)
         job.replica, job.start, job.blocked = replica, now, timing.lora_blocked_seconds
-        factor = 1.0 if self.slowdown is None else self.slowdown(now)
-        if after_another:
-            factor *= self.profile.queued_slowdown
-        self._after(now, timing.seconds * factor, cpu * factor, DONE, job)
+        p = self.profile
+        slower = 1.0 if self.slowdown is None else self.slowdown(now)
+        decode = min(timing.seconds, p.decode_seconds * job.request.width * job.request.height
+                     / (p.reference_width * p.reference_height))
+        job.decode = decode * slower
+        worker = slower * (p.queued_slowdown if after_another else 1.0)
+        self._after(now, (timing.seconds - decode) * worker, (cpu - decode) * worker, RELEASE, job)
+        return True
 
     def _lookups(self, replica: Replica, state: PoolState, names: Sequence[str]) -> int:
         get, misses = replica.cache.get, 0
@@ -431,11 +444,12 @@ class Simulation:
         cn.loading_until.append(now + seconds)
         return seconds
 
-    def _done(self, job: _Job, now: float, record: Callable[[_Job, float], None]) -> None:
-        record(job, now)
+    def _release(self, job: _Job, now: float, record: Callable[[_Job, float], None]) -> bool:
+        """The loop is done: the worker takes the next request from the queue, and this one
+        decodes, beside it if there was one (the profile's `queued_decode_slowdown`). True
+        if the request is finished (nothing to decode)."""
         replica, route = job.replica, job.route
         replica.busy = False
-        route.base.in_flight -= 1
         cn = job.controlnet
         if cn is not None:
             cn.load -= job.share
@@ -443,10 +457,23 @@ class Simulation:
             route.controlnets.in_flight -= 1
             if cn.draining and cn.idle:
                 cn.remove(now)
+        beside = self._start_next(replica, now, after_another=True)
+        if not job.decode:
+            self._done(job, now, record)
+            return True
+        replica.decoding += 1
+        stretch = self.profile.queued_decode_slowdown if beside else 1.0
+        self._after(now, job.decode * stretch, job.decode, DONE, job)
+        return False
+
+    def _done(self, job: _Job, now: float, record: Callable[[_Job, float], None]) -> None:
+        record(job, now)
+        replica = job.replica
+        job.route.base.in_flight -= 1
+        if job.decode:
+            replica.decoding -= 1
         if replica.draining and replica.idle:
             replica.remove(now)
-            return
-        self._start_next(replica, now, after_another=True)
 
     def _demand(self, state: PoolState) -> int:
         if not state.model.callers:

@@ -21,8 +21,9 @@ What a miss costs is its own field, so each request's loads are taken out of its
 A replica with a queue serves each request more slowly than one at a time: the base server
 frees its worker before it decodes, so the next request starts beside that decode, and the
 waiting requests' threads run too. Each round also keeps a queue of `QUEUE_DEPTH` in front
-of the base service (requests with 0-2 ControlNets) and divides its time per request by the
-same requests' time alone in that round.
+of the base service (requests with 0-2 ControlNets): what a queued request holds the worker
+for, against the same requests alone in that round, is `queued_slowdown`, and what its
+replies' decodes took, against a decode alone, is `queued_decode_slowdown`.
 """
 from __future__ import annotations
 
@@ -104,6 +105,20 @@ def _loads(after: dict[str, float], before: dict[str, float]) -> tuple[float, fl
     """(ControlNets loaded, their seconds) between two scrapes of the ControlNet service."""
     count, total = (f"{names.MODEL_LOAD_SECONDS}_{part}{{kind=controlnet}}" for part in ("count", "sum"))
     return after.get(count, 0.0) - before.get(count, 0.0), after.get(total, 0.0) - before.get(total, 0.0)
+
+
+def _decode(timings: dict[str, float]) -> float:
+    """After the loop, outside the worker: the VAE decode and the image's encoding."""
+    return timings.get("vae_decode", 0.0) + timings.get("png", 0.0)
+
+
+@dataclass
+class Backlog:
+    """One round's queue: `requests` sent by `QUEUE_DEPTH` clients at once."""
+
+    seconds: float  # first sent to last answered, less the ControlNet loads of their misses
+    requests: int
+    decodes: list[float]  # each reply's decode
 
 
 @dataclass
@@ -191,18 +206,21 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
                     log(f"round {round_ + 1}/{repeats} {name}: {sample.timings.get('total', 0.0):.3f} s")
                 backlogs.append(backlog(stack.base.target, [request(n) for n in BACKLOG_COUNTS] * QUEUE_DEPTH,
                                         options.controlnet_metrics_port))
-                log(f"round {round_ + 1}/{repeats} backlog of {QUEUE_DEPTH}: {backlogs[-1]:.3f} s a request")
+                log(f"round {round_ + 1}/{repeats} backlog of {QUEUE_DEPTH}: "
+                    f"{backlogs[-1].seconds / backlogs[-1].requests:.3f} s a request")
     return derive(probes, steps, size, pod_start, cn_metrics, base_metrics, backlogs=backlogs)
 
 
-def backlog(target: str, requests: Sequence[Callable[[int], object]], controlnet_metrics_port: int) -> float:
-    """Seconds per request while `QUEUE_DEPTH` clients keep the service's queue full, less the
-    ControlNet loads of their misses (which hold the base service's worker)."""
+def backlog(target: str, requests: Sequence[Callable[[int], object]], controlnet_metrics_port: int) -> Backlog:
+    """`requests` while `QUEUE_DEPTH` clients keep the service's queue full; their ControlNet
+    loads (which hold the base service's worker) are taken out."""
     before, started = scrape(controlnet_metrics_port), time.monotonic()
     with ThreadPoolExecutor(QUEUE_DEPTH) as clients:
-        list(clients.map(lambda pair: generate(target, pair[1](100 + pair[0]), timeout=600), enumerate(requests)))
+        replies = list(clients.map(lambda pair: generate(target, pair[1](100 + pair[0]), timeout=600),
+                                   enumerate(requests)))
     elapsed = time.monotonic() - started
-    return (elapsed - _loads(scrape(controlnet_metrics_port), before)[1]) / len(requests)
+    return Backlog(elapsed - _loads(scrape(controlnet_metrics_port), before)[1], len(requests),
+                   [_decode(reply.timings) for reply in replies])
 
 
 def _served(sample: Sample) -> float:
@@ -211,10 +229,10 @@ def _served(sample: Sample) -> float:
 
 
 def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn_metrics: dict[str, float],
-           base_metrics: dict[str, float], backlogs: Sequence[float]) -> dict[str, object]:
+           base_metrics: dict[str, float], backlogs: Sequence[Backlog]) -> dict[str, object]:
     """Profile fields from the samples (medians over the rounds); `backlogs`: each round's
-    seconds per request with a queue, of the `BACKLOG_COUNTS` requests, less their loads;
-    `cn_metrics`: the ControlNet service's after the warm-up (its cache holds one ControlNet)."""
+    queue of the `BACKLOG_COUNTS` requests; `cn_metrics`: the ControlNet service's after the
+    warm-up (its cache holds one ControlNet)."""
     plain = probes["0 ControlNets"]
     base_step = plain.median(lambda s: s.timings["denoise"] / steps)
     fixed = plain.median(lambda s: _served(s) - s.timings["denoise"])
@@ -232,9 +250,16 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
     # ControlNet adds to a plain step is that work where the encoder's path binds, and where the
     # ControlNet's binds, a bound no step with more ControlNets or a slower pod goes below anyway.
     exchange = max(0.0, probes["1 ControlNets"].median(lambda s: s.timings["denoise"] / steps) - base_step)
-    queued = statistics.median(
-        seconds / statistics.mean(_served(probes[f"{n} ControlNets"].samples[round_]) for n in BACKLOG_COUNTS)
-        for round_, seconds in enumerate(backlogs))
+    decode = plain.median(lambda s: _decode(s.timings))
+    # A backlog's first request has the worker at once and each later one takes it as the one
+    # before frees it: `seconds` = alone + (requests - 1) x (alone - decode) x queued_slowdown.
+    queued = []
+    for round_, queue in enumerate(backlogs):
+        alone = [probes[f"{n} ControlNets"].samples[round_] for n in BACKLOG_COUNTS]
+        served = statistics.mean(_served(s) for s in alone)
+        worker = served - statistics.mean(_decode(s.timings) for s in alone)
+        queued.append((queue.seconds - served) / ((queue.requests - 1) * worker))
+    decodes = [d for queue in backlogs for d in queue.decodes]
     plain_loop = plain.median(lambda s: s.timings["denoise"])
     merges = [(probes[f"{n} LoRAs"].median(lambda s: s.timings["denoise"]) - plain_loop) / n for n in (1, 2)]
     lora_load = _mean(base_metrics, {}, names.LORA_LOAD_SECONDS)
@@ -258,7 +283,9 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
         "controlnet_step_seconds": cn_step,
         "residual_transfer_seconds": transfer,
         "residual_exchange_seconds": exchange,
-        "queued_slowdown": queued,
+        "queued_slowdown": statistics.median(queued),
+        "decode_seconds": decode,
+        "queued_decode_slowdown": statistics.median(decodes) / decode if decode and decodes else 1.0,
         "controlnet_open_seconds": open_per_cn,
         "fixed_seconds": fixed,
         "latent_parallel_speedup": 1.0,
