@@ -21,7 +21,7 @@ What a miss costs is its own field, so each request's loads are taken out of its
 A replica with a queue serves each request more slowly than one at a time: the base server
 frees its worker before it decodes, so the next request starts beside that decode, and the
 waiting requests' threads run too. Each round also keeps a queue of `QUEUE_DEPTH` in front
-of the base service (requests with 0-2 ControlNets): what a queued request holds the worker
+of the base service (requests with 0 and 1 ControlNets): what a queued request holds the worker
 for, against the same requests alone in that round, is `queued_slowdown`, and what its
 replies' decodes took, against a decode alone, is `queued_decode_slowdown`.
 """
@@ -49,7 +49,9 @@ from swiftdiffusion.runtime.dev.local_stack import Launcher, StackOptions, local
 
 CONTROL_COUNTS = (0, 1, 2, 3)
 QUEUE_DEPTH = 3  # clients keeping the base service's queue full
-BACKLOG_COUNTS = (0, 1, 2)  # the ControlNets of the backlog's requests, QUEUE_DEPTH of each
+# The ControlNets of the backlog's requests, QUEUE_DEPTH of each: one ControlNet at most, so that
+# they do not miss in turn (a load in the ControlNet service would hide the base's decode).
+BACKLOG_COUNTS = (0, 1)
 LORAS = ("profile-a", "profile-b")
 
 
