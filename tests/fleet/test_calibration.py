@@ -18,8 +18,9 @@ and scrape phases; the HPA's phase is taken from the fleet's first scaling.
 Checked (`make calibrate`, not part of `make test` until all of it holds): the replica
 timelines within one replica at every half minute and the ControlNet cache hit rate within
 5 points of the simulations' mean. Latency is printed, not yet checked: within 20% at p50
-and p95 in five of eight runs, and low in all eight, by 5-37% at p50 and 6-28% at p95
-(docs/planner.md, Calibrating: runs 20-27).
+and p95 in runs 33-36 (after the decode beside the next request, ControlNet loads on their
+replica and sampled by the profile), in twelve of seventeen runs since run 20
+(docs/planner.md, Calibrating).
 """
 from __future__ import annotations
 
