@@ -18,8 +18,8 @@ and scrape phases; the HPA's phase is taken from the fleet's first scaling.
 Checked (`make calibrate`, not part of `make test` until all of it holds): the replica
 timelines within one replica at every half minute and the ControlNet cache hit rate within
 5 points of the simulations' mean. Latency is printed, not yet checked: within 20% at p50
-and p95 in runs 33-36 (after the decode beside the next request, ControlNet loads on their
-replica and sampled by the profile), in twelve of seventeen runs since run 20
+and p95 in four of runs 33-37 (after the decode beside the next request, ControlNet loads
+on their replica and sampled by the profile), in twelve of eighteen runs since run 20
 (docs/planner.md, Calibrating).
 """
 from __future__ import annotations
