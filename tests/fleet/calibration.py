@@ -89,10 +89,9 @@ class FleetRun:
         total = hits + sum(m for _, m in self.lookups.values())
         return hits / total if total else 0.0
 
-    def mean_load(self) -> float | None:
-        """A ControlNet load's mean seconds on the ControlNet pods (None without one)."""
-        count = sum(n for n, _ in self.loads.values())
-        return sum(s for _, s in self.loads.values()) / count if count else None
+    def controlnet_loads(self) -> tuple[float, float]:
+        """(ControlNet loads, their seconds) over every ControlNet pod."""
+        return sum(n for n, _ in self.loads.values()), sum(s for _, s in self.loads.values())
 
 
 def pod_start(pod: dict[str, Any]) -> float:

@@ -152,6 +152,7 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
         speed.moments, speed.seconds, strict=True))}))
     (tmp_path / "simulated.json").write_text(json.dumps([[(o.arrival, o.latency) for o in r.outcomes]
                                                          for r in results]))
+    loads, loaded = run.controlnet_loads()
     starts = ", ".join(f"{s:.0f}" for s in sorted(run.pod_starts.values()))
     most = CPU_LIMIT * sum(p.autoscaling.max_replicas for p in plan.pools.values())
     speeds = ", ".join(f"{start:.0f}-{end:.0f} s x{calibration.mean_of(slowdown, start, end):.2f}"
@@ -163,8 +164,8 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
                       "at the profile's speed:", *unadjusted.lines()[:3],
                       f"pod starts (created -> Ready): fleet {starts} s, first pods "
                       f"{prof.pod_start_seconds:.1f} s (simulated), local profile {local.pod_start_seconds:.1f} s",
-                      f"a ControlNet load (cache miss): fleet {run.mean_load() or 0:.3f} s on average over "
-                      f"{sum(n for n, _ in run.loads.values()):.0f}, profile {prof.controlnet_load_seconds:.3f} s",
+                      f"a ControlNet load (cache miss): fleet {loaded / max(1, loads):.3f} s on average over "
+                      f"{loads:.0f}, profile {prof.controlnet_load_seconds:.3f} s",
                       *run.failures]))
     assert run.failures == []
     assert max(real for _, real, _ in outcome.replicas[base]) > 1, "the burst scaled the base pool"

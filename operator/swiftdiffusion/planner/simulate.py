@@ -413,12 +413,13 @@ class Simulation:
         cn = None if cn_pool is None or not names else cn_pool.pick_for(replica, now, self.rng)
         if cn is None:
             misses = self._lookups(replica, route.base, names) if self.monolithic else 0
-            shape = self._shape(route, request.steps, request.width * request.height, len(names),
-                                route.work.lora_ks(request.loras), misses)
-            return shape.alone, shape.alone.seconds
-        misses = self._lookups(cn, cn_pool, names)
+        else:
+            misses = self._lookups(cn, cn_pool, names)
+        # a ControlNet replica's misses load there (`_load`), not in the base replica's shape
         shape = self._shape(route, request.steps, request.width * request.height, len(names),
-                            route.work.lora_ks(request.loras), 0)
+                            route.work.lora_ks(request.loras), misses if cn is None else 0)
+        if cn is None:
+            return shape.alone, shape.alone.seconds
         load = self._load(cn, misses, now)
         cn.load += shape.share
         cn.sessions += 1

@@ -95,18 +95,23 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def _observed(after: dict[str, float], before: dict[str, float], histogram: str,
+              kind: str = "") -> tuple[float, float]:
+    """(observations, their sum) of a histogram between two scrapes."""
+    labels = f"{{kind={kind}}}" if kind else ""
+    count, total = (f"{histogram}_{part}{labels}" for part in ("count", "sum"))
+    return after.get(count, 0.0) - before.get(count, 0.0), after.get(total, 0.0) - before.get(total, 0.0)
+
+
 def _mean(after: dict[str, float], before: dict[str, float], histogram: str, kind: str = "") -> float:
     """The mean observation of a histogram between two scrapes (0 when nothing was observed)."""
-    labels = f"{{kind={kind}}}" if kind else ""
-    count = after.get(f"{histogram}_count{labels}", 0.0) - before.get(f"{histogram}_count{labels}", 0.0)
-    total = after.get(f"{histogram}_sum{labels}", 0.0) - before.get(f"{histogram}_sum{labels}", 0.0)
+    count, total = _observed(after, before, histogram, kind)
     return total / count if count else 0.0
 
 
 def _loads(after: dict[str, float], before: dict[str, float]) -> tuple[float, float]:
     """(ControlNets loaded, their seconds) between two scrapes of the ControlNet service."""
-    count, total = (f"{names.MODEL_LOAD_SECONDS}_{part}{{kind=controlnet}}" for part in ("count", "sum"))
-    return after.get(count, 0.0) - before.get(count, 0.0), after.get(total, 0.0) - before.get(total, 0.0)
+    return _observed(after, before, names.MODEL_LOAD_SECONDS, kind="controlnet")
 
 
 def _decode(timings: dict[str, float]) -> float:
