@@ -14,9 +14,9 @@ STAMP := $(VENV)/.installed
 # where PYTHONDONTWRITEBYTECODE is set; concurrent processes compiling the same modules elsewhere).
 UV_VERSION := 0.13.9
 PYTEST_ARGS ?=
-# Two workers for two cores; tests/workers.py decides which tests share one (0: a single
-# process). Three measured faster (8.4-10.2 min from a clean clone) but made timing races
-# show up (docs/testbed.md), so two stay the default until those are gone.
+# Three workers on two cores (0: a single process): the fleet and test bed groups wait on
+# control loops much of the time, and two left a sixth of the cores idle. tests/workers.py
+# decides which tests share a worker; docs/testbed.md has the timings and the races fixed.
 TEST_WORKERS ?= 3
 
 .PHONY: venv protos crds demo test calibrate testbed prometheus cluster-up cluster-down fleet-up fleet-down clean
@@ -71,7 +71,7 @@ demo: venv
 	$(PY) -m swiftdiffusion.runtime.dev.demo
 
 test: venv testbed prometheus images
-	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
