@@ -30,10 +30,12 @@ from swiftdiffusion.runtime.client import generate, generate_request
 from tests.fleet.traffic import PNG, control_image, is_ready, pod_samples, ready_since, seconds_between
 from tests.reconcile.fixtures import Cluster
 
-# (start, end, load): quiet, a burst the minimum cannot serve, quiet again; load in units of
-# one replica's capacity on this machine (what the profile says it serves per second), so the
-# burst overloads one replica on a fast machine and a slow one alike.
-SEGMENTS = ((0.0, 30.0, 0.3), (30.0, 70.0, 1.3), (70.0, 130.0, 0.2))
+# (start, end, load): quiet, a burst the minimum cannot serve, quiet again, twice; load in units
+# of one replica's capacity on this machine (what the profile says it serves per second), so the
+# burst overloads one replica on a fast machine and a slow one alike. The second burst doubles
+# the requests and cache lookups a run compares (one burst's 21-36 lookups on a slow machine
+# leave the hit rate to chance) and scales both pools out from a fleet that has just scaled in.
+SEGMENTS = ((0.0, 30.0, 0.3), (30.0, 70.0, 1.3), (70.0, 140.0, 0.2), (140.0, 180.0, 1.3), (180.0, 240.0, 0.2))
 CONTROLNET_CHOICES = ((), ("canny",), ("depth",), ("canny", "depth"))
 
 
