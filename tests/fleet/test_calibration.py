@@ -103,7 +103,7 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     with canary.canary(tiny_model_set, CPU_LIMIT) as speed:
         profiled_from = time.time()
         with limited_services() as launcher:
-            measured = service_profile.measure(tiny_model_set, size=SIZE, steps=STEPS, repeats=3, launcher=launcher)
+            measured = service_profile.measure(tiny_model_set, size=SIZE, steps=STEPS, repeats=5, launcher=launcher)
         baseline = speed.median(profiled_from, time.time())
         local = profile.Profile.model_validate(measured)
         body = calibration_workflow(local.controlnet_bytes)

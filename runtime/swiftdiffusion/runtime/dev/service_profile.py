@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=Path, default=Path(".models"), help="model set folder (built if missing)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (the profile's reference)")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3, help="requests per set-up (the median is kept)")
+    # Five: one round's queue against its requests alone swings by +-13% on a VM whose speed
+    # drifts (docs/planner.md, Calibrating), and `queued_slowdown` moves latency most.
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (the median is kept)")
     parser.add_argument("--out", type=Path, default=Path("out/profile.json"))
 
 
