@@ -15,12 +15,12 @@ the speed it measured against the profile's minutes; both results are printed. W
 can know is averaged over: each side is 16 simulations, with their own round-robin starts
 and scrape phases; the HPA's phase is taken from the fleet's first scaling.
 
-Checked (`make calibrate`, not part of `make test` until all of it holds): the replica
-timelines within one replica at every half minute and the ControlNet cache hit rate within
-5 points of the simulations' mean. Latency is printed, not yet checked: within 20% at p50
-and p95 in four of runs 33-37 (after the decode beside the next request, ControlNet loads
-on their replica and sampled by the profile), in twelve of eighteen runs since run 20
-(docs/planner.md, Calibrating).
+Checked (`make calibrate`; not part of `make test`, whose warm run it would take past 10
+minutes): the replica timelines within one replica at every half minute, the ControlNet
+cache hit rate within 5 points of the simulations' mean, and p50 and p95 latency within 20%
+at the canary's speed. With two bursts (runs 40-43, docs/planner.md, Calibrating) all of it
+held in three of four runs; the fourth was off on latency and the cache, with a profile whose
+`queued_slowdown` read 1.31 where the fleet's own queued pace was 1.09.
 """
 from __future__ import annotations
 
@@ -169,6 +169,4 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
                       *run.failures]))
     assert run.failures == []
     assert max(real for _, real, _ in outcome.replicas[base]) > 1, "the burst scaled the base pool"
-    for pool, marks in outcome.replicas.items():
-        assert all(abs(real - sim) <= 1 for _, real, sim in marks), (pool, marks)
-    assert abs(outcome.sim_hits - outcome.real_hits) <= 0.05
+    assert outcome.misses() == []
