@@ -18,8 +18,8 @@ and scrape phases; the HPA's phase is taken from the fleet's first scaling.
 Checked (`make calibrate`; not part of `make test`, whose warm run it would take past 10
 minutes): the replica timelines within one replica at every half minute, the ControlNet
 cache hit rate within 5 points of the simulations' mean, and p50 and p95 latency within 20%
-at the canary's speed. With two bursts (runs 40-48, docs/planner.md, Calibrating) all of it
-held in eight of nine runs; the other was off on latency and the cache, with a profile whose
+at the canary's speed. With two bursts (runs 40-49, docs/planner.md, Calibrating) all of it
+held in nine of ten runs; the other was off on latency and the cache, with a profile whose
 `queued_slowdown` read 1.31 where the fleet's own queued pace was 1.09.
 """
 from __future__ import annotations
