@@ -10,14 +10,18 @@ Prometheus → KEDA → external metrics API → HPA → Deployment is tested wi
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.parse
 import urllib.request
 from typing import Any
 
 from kubernetes import client
 
+from swiftdiffusion.operator import autoscaling
 from swiftdiffusion.runtime import metric_names
 from swiftdiffusion.runtime.config import BIND_ADDRESS_ENV, METRICS_PORT
+from tests.testbed import processes
 from tests.testbed.cluster import TestBed
 from tests.testbed.fleet import keda
 from tests.testbed.fleet.prometheus import POOL_LABEL
@@ -55,6 +59,20 @@ def prometheus_query(bed: TestBed, expr: str) -> list[dict[str, Any]]:
         return json.load(response)["data"]["result"]
 
 
+def test_the_demand_query_reads_zero_for_a_pool_without_targets_and_nothing_for_targets_without_its_series(
+        fleet: TestBed, fleet_client: client.ApiClient, fleet_namespace: str) -> None:
+    """The operator's query against Prometheus: a pool whose pods are starting reads zero
+    demand (no fallback, no `MetricsUnavailable`); a pool whose targets do not give the
+    in-flight gauge reads nothing, which KEDA takes as an error (the fallback holds)."""
+    client.AppsV1Api(fleet_client).create_namespaced_deployment(
+        fleet_namespace, exporter_deployment("silent", {**RUNTIME_LABELS, POOL_LABEL: "silent"}))
+    eventually(lambda: prometheus_query(fleet, f'up{{namespace="{fleet_namespace}",pool="silent"}}'), timeout=90)
+
+    assert prometheus_query(fleet, autoscaling.demand_query(fleet_namespace, "silent")) == []
+    [starting] = prometheus_query(fleet, autoscaling.demand_query(fleet_namespace, "starting"))
+    assert float(starting["value"][1]) == 0
+
+
 def pod_names(k8s: client.ApiClient, namespace: str, app: str) -> set[str]:
     pods = client.CoreV1Api(k8s).list_namespaced_pod(namespace, label_selector=f"app={app}").items
     return {pod.metadata.name for pod in pods}
@@ -75,8 +93,14 @@ def test_prometheus_scrapes_runtime_pods_with_the_service_monitor_labels(
     assert float(series[0]["value"][1]) == QUEUE_DEPTH
 
 
-def test_keda_scales_a_deployment_on_a_prometheus_query_through_the_hpa(
+def test_keda_back_from_a_crash_scales_a_deployment_on_a_prometheus_query_through_the_hpa(
         fleet: TestBed, fleet_client: client.ApiClient, fleet_namespace: str) -> None:
+    # KEDA's operator killed as a panic ends it: it comes back, as its pod would, and the
+    # ScaledObject created next still gets its HPA and its metric.
+    [crashed] = processes.members(fleet.state, "keda-operator")
+    os.kill(crashed, signal.SIGKILL)
+    eventually(lambda: processes.members(fleet.state, "keda-operator") not in ([], [crashed]), timeout=30)
+
     client.AppsV1Api(fleet_client).create_namespaced_deployment(
         fleet_namespace, exporter_deployment("demand", {**RUNTIME_LABELS, POOL_LABEL: "demand"}))
     query = f'max({metric_names.QUEUE_DEPTH}{{namespace="{fleet_namespace}",pool="demand"}})'
@@ -89,10 +113,10 @@ def test_keda_scales_a_deployment_on_a_prometheus_query_through_the_hpa(
     }
     client.CustomObjectsApi(fleet_client).create_namespaced_custom_object(
         "keda.sh", "v1alpha1", fleet_namespace, "scaledobjects", scaled_object)
-    autoscaling = client.AutoscalingV2Api(fleet_client)
+    hpas = client.AutoscalingV2Api(fleet_client)
 
-    hpa = eventually(lambda: autoscaling.read_namespaced_horizontal_pod_autoscaler(keda.hpa_name("demand"),
-                                                                                   fleet_namespace), timeout=60)
+    hpa = eventually(lambda: hpas.read_namespaced_horizontal_pod_autoscaler(keda.hpa_name("demand"), fleet_namespace),
+                     timeout=60)
     assert hpa.spec.scale_target_ref.name == "demand"
     metric = hpa.spec.metrics[0].external.metric
     selector = ",".join(f"{k}={v}" for k, v in metric.selector.match_labels.items())

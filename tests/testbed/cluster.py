@@ -201,7 +201,8 @@ class TestBed:
     def _start_fleet(self, tied: bool) -> None:
         """CoreDNS on the cluster DNS address, then the kubelet stand-in (in this
         interpreter: its pods run this checkout's runtime), Prometheus scraping the runtime
-        pods, and KEDA serving the external metrics API to the HPA controller."""
+        pods, and KEDA serving the external metrics API to the HPA controller (its two
+        processes restarted when they exit, as its Deployments' pods are)."""
         from tests.testbed.fleet import keda, prometheus  # they need the venv (PyYAML); the rest does not
 
         start_coredns(self, self.network().dns_ip, 53, tied_to_parent=tied)
@@ -209,8 +210,9 @@ class TestBed:
                     env={**os.environ, "PYTHONPATH": str(REPO)})
         self._start("prometheus", prometheus.install(self), tied)
         keda.install(self)
-        self._start("keda-operator", keda.operator_argv(self), tied, env=keda.environment(self))
-        self._start("keda-adapter", keda.adapter_argv(self), tied, env=keda.environment(self))
+        supervised = {**keda.environment(self), "PYTHONPATH": str(REPO)}  # restarted as their pods would be
+        self._start("keda-operator", processes.supervised(keda.operator_argv(self)), tied, env=supervised)
+        self._start("keda-adapter", processes.supervised(keda.adapter_argv(self)), tied, env=supervised)
         self._wait("prometheus", "Prometheus to be ready", lambda: http_ok(f"{self.prometheus_url()}/-/ready"), 60)
         self._wait("keda-adapter", f"APIService {keda.API_SERVICE} to be Available", lambda: keda.available(self.api()),
                    120)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,30 @@ def start(name: str, argv: list[str], state: Path, *, tied_to_parent: bool, env:
     pids.mkdir(exist_ok=True)
     (pids / name).write_text(f"{process.pid} {os.path.realpath(argv[0])}\n")
     return process.pid
+
+
+def supervised(argv: list[str]) -> list[str]:
+    """`argv` restarted whenever it exits, as a Deployment's pod would be (tests/testbed/supervisor.py;
+    run it with the checkout on PYTHONPATH)."""
+    return [sys.executable, "-m", "tests.testbed.supervisor", "--", *argv]
+
+
+def members(state: Path, name: str) -> list[int]:
+    """The processes in the group recorded as `name`, other than its leader (a supervised
+    command's current run, say)."""
+    entry = recorded(state).get(name)
+    if entry is None or not _alive_as(*entry):
+        return []
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, group, state_code = int(stat.parent.name), int(fields[2]), fields[0]
+        if group == entry[0] and pid != entry[0] and state_code != "Z":
+            found.append(pid)
+    return found
 
 
 def _executable(pid: int) -> str | None:

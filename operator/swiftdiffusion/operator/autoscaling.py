@@ -67,14 +67,22 @@ def shared_bounds(members: Sequence[m.Autoscaling]) -> m.Autoscaling:
 
 
 def demand_query(namespace: str, pool: str) -> str:
-    """Calls accepted (queued or running) over every replica of `pool`."""
-    return f'sum({metric_names.IN_FLIGHT_REQUESTS}{{namespace="{namespace}",{POOL_SERIES_LABEL}="{pool}"}})'
+    """Calls accepted (queued or running) over every replica of `pool`; zero while Prometheus
+    has no scrape target in the pool at all (its pods are still starting).
+
+    Otherwise an empty answer stays empty, and KEDA reads it as an error: the runtime exports
+    its gauges from start-up, so a target without the series is one Prometheus cannot
+    scrape, and the fallback must hold replicas rather than scale a busy pool in. A new pool
+    reads zero, not an error, so it never starts in fallback (which would report
+    `MetricsUnavailable` for a pool that is only starting, and is the state in which KEDA
+    v2.21.0 can crash: docs/operator.md).
+    """
+    pool_series = f'{{namespace="{namespace}",{POOL_SERIES_LABEL}="{pool}"}}'
+    return f"sum({metric_names.IN_FLIGHT_REQUESTS}{pool_series}) or on() (0 * absent(up{pool_series}))"
 
 
 def _trigger(name: str, query: str, target: int, settings: Settings) -> dict[str, Any]:
-    """An empty answer is an error, not zero: the runtime exports its gauges from start-up,
-    so no series means Prometheus has no data (restarted without storage, a scrape
-    outage), and the fallback must hold replicas rather than scale a busy pool in."""
+    """An empty answer is an error, not zero (`demand_query` says when it is empty)."""
     return {"type": "prometheus", "name": name, "metricType": "AverageValue", "metadata": {
         "serverAddress": settings.prometheus_url, "query": query, "threshold": str(target),
         "ignoreNullValues": "false"}}
