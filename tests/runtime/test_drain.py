@@ -6,6 +6,7 @@ one of the service's other threads (gRPC's, torch's): the main thread must still
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import signal
@@ -29,10 +30,15 @@ SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
 
 
 def signal_another_thread(pid: int, sig: int) -> None:
-    """`sig` to one of the process's threads other than its main one (tgkill(2))."""
-    thread = max(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
-    if ctypes.CDLL(None, use_errno=True).syscall(SYS_TGKILL[platform.machine()], pid, thread, sig) != 0:
-        raise OSError(ctypes.get_errno(), f"tgkill {pid} {thread}")
+    """`sig` to one of the process's threads other than its main one (tgkill(2)): the oldest
+    that is still there (a short-lived one may end between the listing and the signal)."""
+    threads = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    for thread in threads:
+        if ctypes.CDLL(None, use_errno=True).syscall(SYS_TGKILL[platform.machine()], pid, thread, sig) == 0:
+            return
+        if ctypes.get_errno() != errno.ESRCH:
+            raise OSError(ctypes.get_errno(), f"tgkill {pid} {thread}")
+    raise ProcessLookupError(f"no thread of {pid} but its main one took the signal: {threads}")
 
 
 def test_sigterm_lets_the_request_in_flight_finish_and_refuses_new_ones(tiny_model_set: Path,
