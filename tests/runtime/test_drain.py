@@ -32,9 +32,10 @@ SYS_TGKILL = {"x86_64": 234, "aarch64": 131}
 def signal_another_thread(pid: int, sig: int) -> None:
     """`sig` to one of the process's threads other than its main one (tgkill(2)): the oldest
     that is still there (a short-lived one may end between the listing and the signal)."""
-    threads = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    libc, threads = ctypes.CDLL(None, use_errno=True), sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")
+                                                              if int(t) != pid)
     for thread in threads:
-        if ctypes.CDLL(None, use_errno=True).syscall(SYS_TGKILL[platform.machine()], pid, thread, sig) == 0:
+        if libc.syscall(SYS_TGKILL[platform.machine()], pid, thread, sig) == 0:
             return
         if ctypes.get_errno() != errno.ESRCH:
             raise OSError(ctypes.get_errno(), f"tgkill {pid} {thread}")

@@ -54,21 +54,32 @@ def supervised(argv: list[str]) -> list[str]:
 
 
 def members(state: Path, name: str) -> list[int]:
-    """The processes in the group recorded as `name`, other than its leader (a supervised
-    command's current run, say)."""
+    """The live processes in the group recorded as `name`, other than its leader (a
+    supervised command's current run, say)."""
     entry = recorded(state).get(name)
     if entry is None or not _alive_as(*entry):
         return []
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, group, state_code = int(stat.parent.name), int(fields[2]), fields[0]
-        if group == entry[0] and pid != entry[0] and state_code != "Z":
+        pid = int(stat.parent.name)
+        fields = _stat(pid)
+        if fields is not None and fields[0] != "Z" and int(fields[2]) == entry[0] and pid != entry[0]:
             found.append(pid)
     return found
+
+
+def live(pid: int) -> bool:
+    """True while `pid` exists and has not exited (a zombie has)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: state, parent, process group, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def _executable(pid: int) -> str | None:

@@ -23,11 +23,4 @@ def test_a_supervised_command_is_restarted_after_a_kill_and_stopped_with_its_gro
         assert "/bin/sleep exited with -9" in log and "restart 1 in 1 s" in log
     finally:
         processes.stop(tmp_path, "daemon")
-    eventually(lambda: not _running(second), timeout=10)
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    eventually(lambda: not processes.live(second), timeout=10)
