@@ -7,12 +7,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# uv installs from its cache (~/.cache/uv) by hard links: seconds where pip takes a minute;
-# it trusts the system's certificates (a registry proxy's CA), as pip does through pip.conf.
-# It compiles the bytecode once (25 s): uv does not by default, and without it every test
-# process and fleet pod compiles torch and diffusers again (18 s instead of 7 s an import
-# where PYTHONDONTWRITEBYTECODE is set; concurrent processes compiling the same modules elsewhere).
-UV_VERSION := 0.13.9
 PYTEST_ARGS ?=
 # Three workers on two cores (0: a single process): the fleet and test bed groups wait on
 # control loops much of the time, and two left a sixth of the cores idle. tests/workers.py
@@ -23,10 +17,10 @@ TEST_WORKERS ?= 3
 
 venv: $(STAMP) protos
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --quiet --system-certs --compile-bytecode --python $(PY) -e '.[runtime,test]'
+# The dependencies live in a cache folder, installed and compiled once per dependency set;
+# .venv holds the project and points at them (scripts/venv says how).
+$(STAMP): pyproject.toml scripts/venv
+	PYTHON=$(PYTHON) scripts/venv $(VENV)
 	touch $@
 
 crds: $(STAMP)
