@@ -22,7 +22,7 @@ A replica with a queue serves each request more slowly than one at a time: the b
 frees its worker before it decodes, so the next request starts beside that decode, and the
 waiting requests' threads run too. Each round also keeps a queue of `QUEUE_DEPTH` in front
 of the base service (requests with 0 and 1 ControlNets): what a queued request holds the worker
-for, against the same requests alone in that round, is `queued_slowdown`, and what its
+for, against the same requests alone right before it, is `queued_slowdown`, and what its
 replies' decodes took, against a decode alone, is `queued_decode_slowdown`.
 """
 from __future__ import annotations
@@ -202,8 +202,11 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
                     controlnets=[(controlnets[i], images[i], None) for i in range(count)],
                     loras=[(n, None) for n in LORAS[:lora]])
 
-            probes = {f"{n} ControlNets": Probe(stack.base.target, ports, request(n)) for n in CONTROL_COUNTS}
-            probes |= {f"{n} LoRAs": Probe(stack.base.target, ports, request(0, n)) for n in (1, 2)}
+            # The backlog's requests alone go last in a round, right before its queue: the VM's
+            # speed drifts within a round (docs/planner.md, Calibrating).
+            probes = {f"{n} LoRAs": Probe(stack.base.target, ports, request(0, n)) for n in (1, 2)}
+            probes |= {f"{n} ControlNets": Probe(stack.base.target, ports, request(n))
+                       for n in sorted(CONTROL_COUNTS, key=lambda n: n in BACKLOG_COUNTS)}
             for probe in probes.values():  # warm-up: every model loaded, every code path run once
                 probe.once(seed=0)
                 probe.samples.clear()
