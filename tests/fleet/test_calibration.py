@@ -20,7 +20,9 @@ minutes): the replica timelines within one replica at every half minute, the Con
 cache hit rate within 5 points of the simulations' mean, and p50 and p95 latency within 20%
 at the canary's speed. With two bursts (runs 40-49, docs/planner.md, Calibrating) all of it
 held in nine of ten runs; the other was off on latency and the cache, with a profile whose
-`queued_slowdown` read 1.31 where the fleet's own queued pace was 1.09.
+`queued_slowdown` read 1.31 where the fleet's own queued pace was 1.09. With the profile's
+queue measured right after its requests alone (runs 50-55) five of six held; the other's
+profile read a step about 8% fast for the canary, which the bursts' queues made -33% at p50.
 """
 from __future__ import annotations
 
