@@ -21,20 +21,19 @@ cache hit rate within 5 points of the simulations' mean, and p50 and p95 latency
 at the canary's speed. With two bursts (runs 40-49, docs/planner.md, Calibrating) all of it
 held in nine of ten runs; the other was off on latency and the cache, with a profile whose
 `queued_slowdown` read 1.31 where the fleet's own queued pace was 1.09. With the profile's
-queue measured right after its requests alone (runs 50-55) five of six held; the other's
+queue measured right after its requests alone (runs 50-56) six of seven held; the other's
 profile read a step about 8% fast for the canary, which the bursts' queues made -33% at p50.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
 import os
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +44,14 @@ from swiftdiffusion.operator import render
 from swiftdiffusion.operator.local_process import LocalOperator
 from swiftdiffusion.planner import fleet as planner_fleet
 from swiftdiffusion.planner import profile, service, trace, workflows
-from swiftdiffusion.planner.simulate import Result, Simulation
 from swiftdiffusion.runtime.dev import service_profile
 from swiftdiffusion.runtime.dev.local_stack import Launcher
-from tests.fleet import calibration, canary
+from tests.fleet import calibration, canary, recording
 from tests.fleet.traffic import ready_pods, service_target
 from tests.reconcile.fixtures import Cluster
 from tests.testbed import components
 from tests.testbed.cluster import TestBed
-from tests.testbed.fleet import cpu, model_store, prometheus
+from tests.testbed.fleet import cpu, model_store
 from tests.testbed.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.calibration]
@@ -62,7 +60,6 @@ STEPS, SIZE = 8, 64
 # Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
 # other to the test bed's daemons and the load client (docs/planner.md, Calibrating: runs 6-10).
 CPU_LIMIT = 0.2
-SEEDS = 16  # simulations of the trace, each with its own round-robin starts and scrape phase
 
 
 def calibration_workflow(controlnet_bytes: int) -> dict[str, Any]:
@@ -128,32 +125,19 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
         run = calibration.replay(service_target(fleet, fleet_cluster.namespace, base), requests, fleet_cluster,
                                  (base, cn), cn)
     assert baseline is not None, "the canary read nothing while the profile was measured"
-    slowdown = speed.slowdown(baseline, run.started_at)
-
     trace.write(tmp_path / "trace.csv", requests)
-    replayed = trace.read(tmp_path / "trace.csv", {wf.name: wf for wf in wfs})
-    free = len(os.sched_getaffinity(0)) - background  # what the test bed itself leaves to the pods
-    plan = dataclasses.replace(planner_fleet.build(wfs), sync_period=components.HPA_SYNC_SECONDS,
-                               scrape_interval=prometheus.SCRAPE_SECONDS)  # the test bed's, not the defaults
-    first_sync = run.first_sync(base, plan.sync_period)
-    # Each replica its own device; the first run at the profile's speed, the second at the speed
-    # the canary measured at each moment of the replay.
-    def simulate(speed: Callable[[float], float] | None) -> list[Result]:
-        """Over the phases no plan knows: each seed's round-robin starts, and scrapes spread over the interval."""
-        return [Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=speed, seed=seed,
-                           scrape_phase=plan.scrape_interval * seed / SEEDS).run(replayed) for seed in range(SEEDS)]
-
-    as_profiled, results = simulate(None), simulate(slowdown)
-
-    duration = calibration.SEGMENTS[-1][1]
-    outcome = calibration.compare(run, results, duration)
-    unadjusted = calibration.compare(run, as_profiled, duration)
-    (tmp_path / "profile.json").write_text(prof.model_dump_json(indent=2))
-    (tmp_path / "fleet.json").write_text(json.dumps(dataclasses.asdict(run), indent=2))
-    (tmp_path / "canary.json").write_text(json.dumps({"baseline": baseline, "readings": list(zip(
-        speed.moments, speed.seconds, strict=True))}))
+    recording.save(tmp_path, run, prof, speed, baseline)
+    # The simulator reads the run back as a user's files; the first replay at the profile's
+    # speed, the second at the speed the canary measured at each moment of the trace.
+    recorded = recording.Recording.load(tmp_path)
+    slowdown = recorded.slowdown()
+    results = recorded.simulate(slowdown)
+    outcome, unadjusted = recorded.compare(results), recorded.compare(recorded.simulate(None))
     (tmp_path / "simulated.json").write_text(json.dumps([[(o.arrival, o.latency) for o in r.outcomes]
                                                          for r in results]))
+    free = len(os.sched_getaffinity(0)) - background  # what the test bed itself leaves to the pods
+    plan = planner_fleet.build(wfs)
+    first_sync = run.first_sync(base, components.HPA_SYNC_SECONDS)
     loads, loaded = run.controlnet_loads()
     starts = ", ".join(f"{s:.0f}" for s in sorted(run.pod_starts.values()))
     most = CPU_LIMIT * sum(p.autoscaling.max_replicas for p in plan.pools.values())

@@ -1,0 +1,72 @@
+"""A calibration run as files: what the fleet did, the profile, the canary's readings, and the
+workflow and trace a user would hand the simulator. The live calibration writes them and
+simulates from them; runs kept under `tests/fleet/recorded/` are simulated again by the
+suite, so a change to the model is checked against fleets that really ran, in seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from swiftdiffusion.operator import model as m
+from swiftdiffusion.operator import render
+from swiftdiffusion.planner import fleet as planner_fleet
+from swiftdiffusion.planner import trace, workflows
+from swiftdiffusion.planner.profile import Profile
+from swiftdiffusion.planner.simulate import Result, Simulation
+from tests.fleet.calibration import SEGMENTS, Comparison, FleetRun, compare
+from tests.fleet.canary import Readings
+from tests.testbed import components
+from tests.testbed.fleet import prometheus
+
+SEEDS = 16  # simulations of the trace, each with its own round-robin starts and scrape phase
+
+
+def save(folder: Path, run: FleetRun, prof: Profile, readings: Readings, baseline: float) -> None:
+    """The run's own files beside the workflow and trace the simulator reads (`workflow.yaml`,
+    `trace.csv`, written first)."""
+    (folder / "profile.json").write_text(prof.model_dump_json(indent=2))
+    (folder / "fleet.json").write_text(json.dumps(dataclasses.asdict(run), indent=2))
+    (folder / "canary.json").write_text(json.dumps({"baseline": baseline, "readings": list(zip(
+        readings.moments, readings.seconds, strict=True))}))
+
+
+@dataclass(frozen=True)
+class Recording:
+    run: FleetRun
+    profile: Profile
+    workflows: list[m.Workflow]
+    requests: list[trace.Request]
+    readings: Readings
+    baseline: float  # the canary's median while the profile was measured
+
+    @classmethod
+    def load(cls, folder: Path) -> Recording:
+        wfs = workflows.load([folder / "workflow.yaml"])
+        canary = json.loads((folder / "canary.json").read_text())
+        return cls(FleetRun(**json.loads((folder / "fleet.json").read_text())),
+                   Profile.model_validate_json((folder / "profile.json").read_text()), wfs,
+                   trace.read(folder / "trace.csv", {wf.name: wf for wf in wfs}),
+                   Readings([t for t, _ in canary["readings"]], [s for _, s in canary["readings"]]),
+                   canary["baseline"])
+
+    def slowdown(self) -> Callable[[float], float]:
+        """The canary's speed at each second of the trace against the profile's."""
+        return self.readings.slowdown(self.baseline, self.run.started_at)
+
+    def simulate(self, slowdown: Callable[[float], float] | None) -> list[Result]:
+        """Over the phases no plan knows: each seed's round-robin starts, and scrapes spread over
+        the interval; the HPA's phase is the fleet's first scaling. The test bed's sync period
+        and scrape interval, not the defaults; each replica its own device."""
+        plan = dataclasses.replace(planner_fleet.build(self.workflows), sync_period=components.HPA_SYNC_SECONDS,
+                                   scrape_interval=prometheus.SCRAPE_SECONDS)
+        first_sync = self.run.first_sync(render.base_pool_name(self.workflows[0].name), plan.sync_period)
+        return [Simulation(plan, self.workflows, self.profile, first_sync=first_sync, slowdown=slowdown, seed=seed,
+                           scrape_phase=plan.scrape_interval * seed / SEEDS).run(self.requests)
+                for seed in range(SEEDS)]
+
+    def compare(self, results: Sequence[Result]) -> Comparison:
+        return compare(self.run, results, SEGMENTS[-1][1])
