@@ -4,9 +4,9 @@ it met when it ran. A change to the model (the scaling rule, the cache, the bala
 service times) that moves one of them out is seen here in seconds, where the live
 calibration (`make calibrate`) takes minutes and the fleet.
 
-Runs 51-56 of docs/planner.md, Calibrating: all of that series' runs but run 50, whose
-profile read a step about 8% fast for the VM's speed and which missed p50 and p95 (and a
-replica mark) when it ran; a model right for it would be wrong for the others.
+Runs 51-57 and 59 of docs/planner.md, Calibrating: all of that series' runs but 50 and 58,
+which missed p50 and p95 when they ran (their profiles' step off against the VM's speed);
+a model right for them would be wrong for the others.
 """
 from __future__ import annotations
 
