@@ -9,6 +9,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from swiftdiffusion.operator import model as m
@@ -53,19 +54,30 @@ class Recording:
                    Readings([t for t, _ in canary["readings"]], [s for _, s in canary["readings"]]),
                    canary["baseline"])
 
+    @cached_property
+    def plan(self) -> planner_fleet.Fleet:
+        """The operator's pools with the test bed's HPA sync period and scrape interval, not the defaults."""
+        return dataclasses.replace(planner_fleet.build(self.workflows), sync_period=components.HPA_SYNC_SECONDS,
+                                   scrape_interval=prometheus.SCRAPE_SECONDS)
+
+    @cached_property
+    def base_pool(self) -> str:
+        return render.base_pool_name(self.workflows[0].name)
+
+    @cached_property
+    def first_sync(self) -> float | None:
+        """The HPA's phase: the fleet's first scaling."""
+        return self.run.first_sync(self.base_pool, self.plan.sync_period)
+
     def slowdown(self) -> Callable[[float], float]:
         """The canary's speed at each second of the trace against the profile's."""
         return self.readings.slowdown(self.baseline, self.run.started_at)
 
     def simulate(self, slowdown: Callable[[float], float] | None) -> list[Result]:
         """Over the phases no plan knows: each seed's round-robin starts, and scrapes spread over
-        the interval; the HPA's phase is the fleet's first scaling. The test bed's sync period
-        and scrape interval, not the defaults; each replica its own device."""
-        plan = dataclasses.replace(planner_fleet.build(self.workflows), sync_period=components.HPA_SYNC_SECONDS,
-                                   scrape_interval=prometheus.SCRAPE_SECONDS)
-        first_sync = self.run.first_sync(render.base_pool_name(self.workflows[0].name), plan.sync_period)
-        return [Simulation(plan, self.workflows, self.profile, first_sync=first_sync, slowdown=slowdown, seed=seed,
-                           scrape_phase=plan.scrape_interval * seed / SEEDS).run(self.requests)
+        the interval; each replica its own device."""
+        return [Simulation(self.plan, self.workflows, self.profile, first_sync=self.first_sync, slowdown=slowdown,
+                           seed=seed, scrape_phase=self.plan.scrape_interval * seed / SEEDS).run(self.requests)
                 for seed in range(SEEDS)]
 
     def compare(self, results: Sequence[Result]) -> Comparison:

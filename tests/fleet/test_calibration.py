@@ -42,14 +42,12 @@ import yaml
 
 from swiftdiffusion.operator import render
 from swiftdiffusion.operator.local_process import LocalOperator
-from swiftdiffusion.planner import fleet as planner_fleet
 from swiftdiffusion.planner import profile, service, trace, workflows
 from swiftdiffusion.runtime.dev import service_profile
 from swiftdiffusion.runtime.dev.local_stack import Launcher
 from tests.fleet import calibration, canary, recording
 from tests.fleet.traffic import ready_pods, service_target
 from tests.reconcile.fixtures import Cluster
-from tests.testbed import components
 from tests.testbed.cluster import TestBed
 from tests.testbed.fleet import cpu, model_store
 from tests.testbed.waiting import eventually
@@ -136,8 +134,7 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     (tmp_path / "simulated.json").write_text(json.dumps([[(o.arrival, o.latency) for o in r.outcomes]
                                                          for r in results]))
     free = len(os.sched_getaffinity(0)) - background  # what the test bed itself leaves to the pods
-    plan = planner_fleet.build(wfs)
-    first_sync = run.first_sync(base, components.HPA_SYNC_SECONDS)
+    plan, first_sync = recorded.plan, recorded.first_sync
     loads, loaded = run.controlnet_loads()
     starts = ", ".join(f"{s:.0f}" for s in sorted(run.pod_starts.values()))
     most = CPU_LIMIT * sum(p.autoscaling.max_replicas for p in plan.pools.values())
