@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,18 @@ class Readings:
         """The median reading between two wall-clock moments (None without one)."""
         chosen = self.seconds[bisect_left(self.moments, start):bisect_right(self.moments, end)]
         return statistics.median(chosen) if chosen else None
+
+    def reading_at(self, steps: Sequence[tuple[tuple[float, float], float]]) -> float | None:
+        """The reading that a step measured at moments of this machine's drifting speed stands for:
+        `steps` are (wall-clock span, seconds) and each is set against the readings within
+        WINDOW_SECONDS of its middle, as the simulator reads the speed at a fleet's request; the
+        steps' median over the median of those ratios (None without a reading near any)."""
+        ratios = []
+        for (start, end), seconds in steps:
+            middle = (start + end) / 2
+            if reading := self.median(middle - WINDOW_SECONDS, middle + WINDOW_SECONDS):
+                ratios.append(seconds / reading)
+        return statistics.median(s for _, s in steps) / statistics.median(ratios) if ratios else None
 
     def slowdown(self, baseline: float, origin: float) -> Callable[[float], float]:
         """Seconds since `origin` -> how much slower than `baseline` the canary ran then (the

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print("swiftdiffusion profile: --repeats and --steps must be >= 1 and --size >= 8", file=sys.stderr)
         return 2
     models = build_model_set(args.models, "tiny") if not (args.models / "base").is_dir() else args.models
-    profile = measure(models, size=args.size, steps=args.steps, repeats=args.repeats, log=print)
+    profile = measure(models, size=args.size, steps=args.steps, repeats=args.repeats, log=print).profile()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial")
     partial.write_text(json.dumps(profile, indent=2) + "\n")
@@ -139,6 +139,7 @@ class Sample:
     controlnet_compute: float  # per step, the ControlNet service's own compute
     loads: float = 0.0  # ControlNets the service loaded for it (its cache misses)
     load_seconds: float = 0.0  # and their seconds
+    span: tuple[float, float] = (0.0, 0.0)  # wall clock when it was sent and answered
 
 
 @dataclass
@@ -152,10 +153,12 @@ class Probe:
 
     def once(self, seed: int) -> Sample:
         before = [scrape(p) for p in self.ports]
+        sent = time.time()
         reply: GenerateReply = generate(self.target, self.request(seed), timeout=600)
+        answered = time.time()
         base, cn = [scrape(p) for p in self.ports]
         sample = Sample(reply.timings, _mean(base, before[0], names.RESIDUAL_TRANSFER_SECONDS),
-                        _mean(cn, before[1], names.STEP_SECONDS), *_loads(cn, before[1]))
+                        _mean(cn, before[1], names.STEP_SECONDS), *_loads(cn, before[1]), span=(sent, answered))
         self.samples.append(sample)
         return sample
 
@@ -176,10 +179,33 @@ def _control_image(size: int, variant: int) -> bytes:
     return out.getvalue()
 
 
+@dataclass
+class Measurement:
+    """What the rounds measured. The samples keep their moments, so that a caller can set them
+    against another clock of the machine's speed (the calibration's canary: docs/planner.md)."""
+
+    probes: dict[str, Probe]
+    backlogs: list[Backlog]
+    steps: int
+    size: int
+    pod_start: float
+    cn_metrics: dict[str, float]  # the ControlNet service's, after the warm-up
+    base_metrics: dict[str, float]
+
+    def profile(self) -> dict[str, object]:
+        """The profile as a dict of `planner.profile.Profile` fields (validated by the planner)."""
+        return derive(self.probes, self.steps, self.size, self.pod_start, self.cn_metrics, self.base_metrics,
+                      backlogs=self.backlogs)
+
+    def base_steps(self) -> list[tuple[tuple[float, float], float]]:
+        """(span, seconds a step) of each plain request: what `base_step_seconds` is the median of."""
+        return [(s.span, s.timings["denoise"] / self.steps) for s in self.probes["0 ControlNets"].samples]
+
+
 def measure(models: Path, *, size: int, steps: int, repeats: int,
-            log: Callable[[str], None] = lambda _: None, launcher: Launcher | None = None) -> dict[str, object]:
-    """The profile as a dict of `planner.profile.Profile` fields (validated by the planner).
-    `launcher` starts the services as the pods to be planned run (a CPU limit, say)."""
+            log: Callable[[str], None] = lambda _: None, launcher: Launcher | None = None) -> Measurement:
+    """Runs the services and the rounds. `launcher` starts the services as the pods to be
+    planned run (a CPU limit, say)."""
     from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set
 
     controlnets = sorted(p.name for p in (models / "controlnets").iterdir())[: max(CONTROL_COUNTS)]
@@ -220,7 +246,7 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
                                         options.controlnet_metrics_port))
                 log(f"round {round_ + 1}/{repeats} backlog of {QUEUE_DEPTH}: "
                     f"{backlogs[-1].seconds / backlogs[-1].requests:.3f} s a request")
-    return derive(probes, steps, size, pod_start, cn_metrics, base_metrics, backlogs=backlogs)
+    return Measurement(probes, backlogs, steps, size, pod_start, cn_metrics, base_metrics)
 
 
 def backlog(target: str, requests: Sequence[Callable[[int], object]], controlnet_metrics_port: int) -> Backlog:
