@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -134,6 +135,9 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     results = recorded.simulate(slowdown)
     outcome, unadjusted = recorded.compare(results), recorded.compare(recorded.simulate(None))
     over_span = recorded.compare(recorded.simulate(speed.slowdown(span_baseline, run.started_at)))
+    (tmp_path / "measurement.json").write_text(json.dumps(  # the profile's samples and their moments, for study
+        {name: [dataclasses.asdict(sample) for sample in probe.samples] for name, probe in measured.probes.items()}
+        | {"backlogs": [dataclasses.asdict(queue) for queue in measured.backlogs]}))
     (tmp_path / "simulated.json").write_text(json.dumps([[(o.arrival, o.latency) for o in r.outcomes]
                                                          for r in results]))
     free = len(os.sched_getaffinity(0)) - background  # what the test bed itself leaves to the pods
