@@ -107,7 +107,7 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
         with limited_services() as launcher:
             measured = service_profile.measure(tiny_model_set, size=SIZE, steps=STEPS, repeats=REPEATS,
                                                launcher=launcher)
-        span_baseline = speed.median(profiled_from, time.time())
+        baseline = speed.median(profiled_from, time.time())
         local = profile.Profile.model_validate(measured.profile())
         body = calibration_workflow(local.controlnet_bytes)
         name = body["metadata"]["name"]
@@ -128,17 +128,17 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
         requests = calibration.trace(name, capacity, steps=STEPS, size=SIZE)
         run = calibration.replay(service_target(fleet, fleet_cluster.namespace, base), requests, fleet_cluster,
                                  (base, cn), cn)
-    baseline = speed.reading_at(measured.base_steps())
-    assert baseline is not None and span_baseline is not None, "the canary read nothing while the profile was measured"
+    step_baseline = speed.reading_at(measured.base_steps())
+    assert baseline is not None and step_baseline is not None, "the canary read nothing while the profile was measured"
     trace.write(tmp_path / "trace.csv", requests)
-    recording.save(tmp_path, run, prof, speed, baseline, span_baseline)
+    recording.save(tmp_path, run, prof, speed, baseline, step_baseline)
     # The simulator reads the run back as a user's files; the first replay at the profile's
     # speed, the second at the speed the canary measured at each moment of the trace.
     recorded = recording.Recording.load(tmp_path)
     slowdown = recorded.slowdown()
     results = recorded.simulate(slowdown)
     outcome, unadjusted = recorded.compare(results), recorded.compare(recorded.simulate(None))
-    over_span = recorded.compare(recorded.simulate(speed.slowdown(span_baseline, run.started_at)))
+    at_steps = recorded.compare(recorded.simulate(speed.slowdown(step_baseline, run.started_at)))
     (tmp_path / "measurement.json").write_text(json.dumps(  # the profile's samples and their moments, for study
         {name: [dataclasses.asdict(sample) for sample in probe.samples] for name, probe in measured.probes.items()}
         | {"backlogs": [dataclasses.asdict(queue) for queue in measured.backlogs]}))
@@ -155,8 +155,8 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
                       f"{most:.2f} at most; first HPA sync at {first_sync} s",
                       f"the canary's slowdown against the profile's minutes: {speeds}",
                       "at the speed the canary measured:", *outcome.lines(),
-                      f"the canary's reading at the profile's step {baseline:.3f} s, over the whole profile "
-                      f"{span_baseline:.3f} s; against the latter:", *over_span.lines()[:3],
+                      f"the canary's median over the profile {baseline:.3f} s, its reading at the profile's "
+                      f"plain steps {step_baseline:.3f} s; against the latter:", *at_steps.lines()[:3],
                       "at the profile's speed:", *unadjusted.lines()[:3],
                       f"pod starts (created -> Ready): fleet {starts} s, first pods "
                       f"{prof.pod_start_seconds:.1f} s (simulated), local profile {local.pod_start_seconds:.1f} s",
