@@ -24,10 +24,10 @@ held in nine of ten runs; the other was off on latency and the cache, with a pro
 queue measured right after its requests alone (runs 50-60) eight of eleven held; two others
 had profiles whose step was off against the canary, which the bursts' queues made +-33% at p50,
 and one missed p95 by half a point. With nine profile rounds (runs 64-69) and the canary's
-speed read at the profile's own steps beside its median over the profile (runs 61-69), eight
-of nine held against the median and six against the reading at the steps, which is printed
-to compare; run 68 missed p50 (-23%), its pods started during the second burst slower than
-the first pods.
+speed read at the profile's own steps beside its median over the profile (runs 61-72), nine
+of twelve held against the median and six against the reading at the steps, which is
+printed to compare; the three misses (p50 -23%; -33% and p95 -32%; p95 -28%) had pods that
+started slowly under the second burst or a queue the profile read low.
 """
 from __future__ import annotations
 

@@ -6,9 +6,10 @@ calibration (`make calibrate`) takes minutes and the fleet.
 
 Runs 51-57 and 59 of docs/planner.md, Calibrating: all of that series' runs but 50 and 58,
 which missed p50 and p95 when they ran (their profiles' step off against the VM's speed);
-a model right for them would be wrong for the others. Runs 64-67 and 69: those of runs
-61-69 with nine profile rounds that held against the canary's median over the profile
-(their `baseline`; runs 64-66 ran against `step_baseline`, also kept); run 68 missed p50.
+a model right for them would be wrong for the others. Runs 64-67, 69 and 71: those of runs
+61-72 with nine profile rounds that held against the canary's median over the profile
+(their `baseline`; runs 64-66 ran against `step_baseline`, also kept); runs 68, 70 and 72
+missed.
 """
 from __future__ import annotations
 
