@@ -30,7 +30,7 @@ def save(folder: Path, run: FleetRun, prof: Profile, readings: Readings, baselin
          step_baseline: float) -> None:
     """The run's own files beside the workflow and trace the simulator reads (`workflow.yaml`,
     `trace.csv`, written first). `step_baseline`, the canary's reading at the profile's plain
-    steps (`Readings.reading_at`; the baseline of runs 61-65), is kept to compare."""
+    steps (`Readings.reading_at`; the baseline of runs 61-66), is kept to compare."""
     (folder / "profile.json").write_text(prof.model_dump_json(indent=2))
     (folder / "fleet.json").write_text(json.dumps(dataclasses.asdict(run), indent=2))
     (folder / "canary.json").write_text(json.dumps({"baseline": baseline, "step_baseline": step_baseline,
@@ -45,7 +45,7 @@ class Recording:
     workflows: list[m.Workflow]
     requests: list[trace.Request]
     readings: Readings
-    baseline: float  # the canary's median while the profile was measured (runs 61-65: `step_baseline`)
+    baseline: float  # the canary's median while the profile was measured (runs 61-66: `step_baseline`)
 
     @classmethod
     def load(cls, folder: Path) -> Recording:

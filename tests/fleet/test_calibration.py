@@ -23,7 +23,7 @@ held in nine of ten runs; the other was off on latency and the cache, with a pro
 `queued_slowdown` read 1.31 where the fleet's own queued pace was 1.09. With the profile's
 queue measured right after its requests alone (runs 50-60) eight of eleven held; two others
 had profiles whose step was off against the canary, which the bursts' queues made +-33% at p50,
-and one missed p95 by half a point. With nine profile rounds (runs 64-69) and the canary's
+and one missed p95 by half a point. With nine profile rounds (runs 64-72) and the canary's
 speed read at the profile's own steps beside its median over the profile (runs 61-72), nine
 of twelve held against the median and six against the reading at the steps, which is
 printed to compare; the three misses (p50 -23%; -33% and p95 -32%; p95 -28%) had pods that
