@@ -212,12 +212,12 @@ class Comparison:
     sim_hits: float
     replicas: dict[str, list[tuple[int, int, int]]]  # pool -> (minute mark s, fleet, simulator)
 
-    def lines(self) -> list[str]:
-        out = [f"p50 {self.real_p50:.2f} s fleet, {self.sim_p50:.2f} s simulated ({self.sim_p50 / self.real_p50 - 1:+.0%})",
-               f"p95 {self.real_p95:.2f} s fleet, {self.sim_p95:.2f} s simulated ({self.sim_p95 / self.real_p95 - 1:+.0%})",
-               f"ControlNet cache hits {self.real_hits:.1%} fleet, {self.sim_hits:.1%} simulated"]
-        out += [f"{pool} replicas at {t} s: fleet {real}, simulated {sim}"
-                for pool, marks in self.replicas.items() for t, real, sim in marks]
+    def lines(self, real: str = "fleet", sim: str = "simulated") -> list[str]:
+        out = [f"p50 {self.real_p50:.2f} s {real}, {self.sim_p50:.2f} s {sim} ({self.sim_p50 / self.real_p50 - 1:+.0%})",
+               f"p95 {self.real_p95:.2f} s {real}, {self.sim_p95:.2f} s {sim} ({self.sim_p95 / self.real_p95 - 1:+.0%})",
+               f"ControlNet cache hits {self.real_hits:.1%} {real}, {self.sim_hits:.1%} {sim}"]
+        out += [f"{pool} replicas at {t} s: {real} {count}, {sim} {predicted}"
+                for pool, marks in self.replicas.items() for t, count, predicted in marks]
         return out
 
     def misses(self, replicas: int = 1, hits: float = 0.05, latency: float = 0.2) -> list[str]:
@@ -248,3 +248,15 @@ def compare(run: FleetRun, results: Sequence[Result], duration: float, step: int
         replicas[pool] = [(t, nearest_replicas(run.replicas[pool], t, sim), sim) for t, sim in predicted]
     return Comparison(report.percentile(real, 50), report.percentile(real, 95), report.percentile(simulated, 50),
                       report.percentile(simulated, 95), run.cache_hit_rate(), hits, replicas)
+
+
+def compare_runs(first: FleetRun, second: FleetRun, duration: float, step: int = 30) -> Comparison:
+    """A second replay of the trace against the first, in the simulator's place: how far the
+    fleet lands from itself, the floor under what a model of it can reach on this machine."""
+    real, again = (sorted(latency for _, latency in run.latencies) for run in (first, second))
+    marks = range(step, int(duration) + 1, step)
+    replicas = {pool: [(t, nearest_replicas(first.replicas[pool], t, count), count)
+                       for t in marks for count in [replicas_at(second.replicas[pool], t)]]
+                for pool in first.replicas}
+    return Comparison(report.percentile(real, 50), report.percentile(real, 95), report.percentile(again, 50),
+                      report.percentile(again, 95), first.cache_hit_rate(), second.cache_hit_rate(), replicas)

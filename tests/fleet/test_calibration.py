@@ -36,6 +36,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import time
 import uuid
@@ -103,46 +104,70 @@ def write_workflow(folder: Path, body: dict[str, Any]) -> Path:
     return folder / "workflow.yaml"
 
 
-def test_the_simulator_predicts_the_fleet_under_a_burst(
-        fleet: TestBed, fleet_cluster: Cluster, scaling_operator: LocalOperator, tiny_model_set: Path,
-        tmp_path: Path) -> None:
-    with canary.canary(tiny_model_set, CPU_LIMIT) as speed:
+@dataclasses.dataclass
+class Prepared:
+    """What a calibration replays on: the profile measured with the canary beside it, the
+    workflow applied and Ready, and the trace at its capacity."""
+
+    speed: canary.Readings
+    measured: service_profile.Measurement
+    baseline: float | None  # the canary's median while the profile was measured
+    profile: profile.Profile  # with the pod start of the workflow's first pods
+    local_pod_start: float  # the profile's own, from two local processes
+    pools: tuple[str, str]  # base, ControlNet
+    requests: list[trace.Request]
+    target: str
+
+    def replay(self, cluster: Cluster) -> calibration.FleetRun:
+        return calibration.replay(self.target, self.requests, cluster, self.pools, self.pools[1])
+
+
+@contextlib.contextmanager
+def prepared(fleet: TestBed, cluster: Cluster, model_set: Path, folder: Path) -> Iterator[Prepared]:
+    """The profile, the workflow and the trace, with the canary running until the block ends."""
+    with canary.canary(model_set, CPU_LIMIT) as speed:
         profiled_from = time.time()
         with limited_services() as launcher:
-            measured = service_profile.measure(tiny_model_set, size=SIZE, steps=STEPS, repeats=REPEATS,
-                                               launcher=launcher)
+            measured = service_profile.measure(model_set, size=SIZE, steps=STEPS, repeats=REPEATS, launcher=launcher)
         baseline = speed.median(profiled_from, time.time())
         local = profile.Profile.model_validate(measured.profile())
         body = calibration_workflow(local.controlnet_bytes)
         name = body["metadata"]["name"]
         base, cn = render.base_pool_name(name), render.dedicated_controlnet_pool_name(name)
-        fleet_cluster.apply_workflow(body)
-        fleet_cluster.wait_ready(name, timeout=240)
-        eventually(lambda: fleet_cluster.condition(name, "AutoscalingReady").get("reason") == "Active", timeout=90)
+        cluster.apply_workflow(body)
+        cluster.wait_ready(name, timeout=240)
+        eventually(lambda: cluster.condition(name, "AutoscalingReady").get("reason") == "Active", timeout=90)
         # Pod start as a user reads it off their cluster before planning: created -> Ready of the
         # workflow's first pods (the profile's two local processes do not see scheduling and probes).
-        first = [calibration.pod_start(p) for pool in (base, cn) for p in ready_pods(fleet_cluster, pool)]
+        first = [calibration.pod_start(p) for pool in (base, cn) for p in ready_pods(cluster, pool)]
         prof = local.model_copy(update={"pod_start_seconds": statistics.mean(first)})
-
-        background = calibration.busy_cores()
         # The simulator reads what a user would give it: the workflow file and the trace file.
-        wfs = workflows.load([write_workflow(tmp_path, body)])
+        wfs = workflows.load([write_workflow(folder, body)])
         mix = [service.request_work(wf, r) for wf in wfs for r in calibration.trace(name, 1.0, steps=STEPS, size=SIZE)]
         capacity = len(mix) / sum(service.decoupled(prof, work).seconds for work in mix)
-        requests = calibration.trace(name, capacity, steps=STEPS, size=SIZE)
-        run = calibration.replay(service_target(fleet, fleet_cluster.namespace, base), requests, fleet_cluster,
-                                 (base, cn), cn)
-    step_baseline = speed.reading_at(measured.base_steps())
+        yield Prepared(speed, measured, baseline, prof, local.pod_start_seconds, (base, cn),
+                       calibration.trace(name, capacity, steps=STEPS, size=SIZE),
+                       service_target(fleet, cluster.namespace, base))
+
+
+def test_the_simulator_predicts_the_fleet_under_a_burst(
+        fleet: TestBed, fleet_cluster: Cluster, scaling_operator: LocalOperator, tiny_model_set: Path,
+        tmp_path: Path) -> None:
+    with prepared(fleet, fleet_cluster, tiny_model_set, tmp_path) as ready:
+        background = calibration.busy_cores()
+        run = ready.replay(fleet_cluster)
+    prof, measured, baseline = ready.profile, ready.measured, ready.baseline
+    step_baseline = ready.speed.reading_at(measured.base_steps())
     assert baseline is not None and step_baseline is not None, "the canary read nothing while the profile was measured"
-    trace.write(tmp_path / "trace.csv", requests)
-    recording.save(tmp_path, run, prof, speed, baseline, step_baseline)
+    trace.write(tmp_path / "trace.csv", ready.requests)
+    recording.save(tmp_path, run, prof, ready.speed, baseline, step_baseline)
     # The simulator reads the run back as a user's files; the first replay at the profile's
     # speed, the second at the speed the canary measured at each moment of the trace.
     recorded = recording.Recording.load(tmp_path)
     slowdown = recorded.slowdown()
     results = recorded.simulate(slowdown)
     outcome, unadjusted = recorded.compare(results), recorded.compare(recorded.simulate(None))
-    at_steps = recorded.compare(recorded.simulate(speed.slowdown(step_baseline, run.started_at)))
+    at_steps = recorded.compare(recorded.simulate(ready.speed.slowdown(step_baseline, run.started_at)))
     (tmp_path / "measurement.json").write_text(json.dumps(  # the profile's samples and their moments, for study
         {name: [dataclasses.asdict(sample) for sample in probe.samples] for name, probe in measured.probes.items()}
         | {"backlogs": [dataclasses.asdict(queue) for queue in measured.backlogs]}))
@@ -163,10 +188,44 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
                       f"plain steps {step_baseline:.3f} s; against the latter:", *at_steps.lines()[:3],
                       "at the profile's speed:", *unadjusted.lines()[:3],
                       f"pod starts (created -> Ready): fleet {starts} s, first pods "
-                      f"{prof.pod_start_seconds:.1f} s (simulated), local profile {local.pod_start_seconds:.1f} s",
+                      f"{prof.pod_start_seconds:.1f} s (simulated), local profile {ready.local_pod_start:.1f} s",
                       f"a ControlNet load (cache miss): fleet {loaded / max(1, loads):.3f} s on average over "
                       f"{loads:.0f}, profile {prof.controlnet_load_seconds:.3f} s",
                       *run.failures]))
     assert run.failures == []
-    assert max(real for _, real, _ in outcome.replicas[base]) > 1, "the burst scaled the base pool"
+    assert max(real for _, real, _ in outcome.replicas[ready.pools[0]]) > 1, "the burst scaled the base pool"
     assert outcome.misses() == []
+
+
+def test_the_fleet_against_itself(fleet: TestBed, fleet_cluster: Cluster, scaling_operator: LocalOperator,
+                                  tiny_model_set: Path, tmp_path: Path) -> None:
+    """The trace replayed twice, the second time once both pools are back at their minimum:
+    how far the fleet lands from itself on this machine, the floor under what any model of it
+    can reach, beside how far the simulator lands from each replay (`make calibrate-repeat`)."""
+    with prepared(fleet, fleet_cluster, tiny_model_set, tmp_path) as ready:
+        runs = [ready.replay(fleet_cluster)]
+        eventually(lambda: all(len(fleet_cluster.pods(pool)) == 1 and
+                               fleet_cluster.get("apps/v1", "Deployment", pool)["spec"]["replicas"] == 1
+                               for pool in ready.pools), timeout=300, interval=1)
+        runs.append(ready.replay(fleet_cluster))
+    step_baseline = ready.speed.reading_at(ready.measured.base_steps())
+    assert ready.baseline is not None and step_baseline is not None, "the canary read nothing while profiling"
+    lines = []
+    for label, run in zip(("first", "second"), runs, strict=True):
+        folder = tmp_path / label
+        folder.mkdir()
+        shutil.copy(tmp_path / "workflow.yaml", folder)
+        trace.write(folder / "trace.csv", ready.requests)
+        recording.save(folder, run, ready.profile, ready.speed, ready.baseline, step_baseline)
+        recorded = recording.Recording.load(folder)
+        outcome = recorded.compare(recorded.simulate(recorded.slowdown()))
+        speeds = ", ".join(f"{calibration.mean_of(recorded.slowdown(), start, end):.2f}"
+                           for start, end, _ in calibration.SEGMENTS)
+        lines += [f"the {label} replay (the canary over its spans: {speeds}) against the simulator:",
+                  *outcome.lines()[:3], f"  beyond a bound: {', '.join(outcome.misses()) or 'none'}"]
+    against = calibration.compare_runs(*runs, calibration.SEGMENTS[-1][1])
+    lines += ["the second replay against the first:", *against.lines("first", "second"),
+              f"  beyond a bound: {', '.join(against.misses()) or 'none'}"]
+    print("\n".join(["the fleet against itself:", *lines, *(f for run in runs for f in run.failures)]))
+    assert [run.failures for run in runs] == [[], []]
+    assert all(max(n for _, n in run.replicas[ready.pools[0]]) > 1 for run in runs), "each burst scaled the base pool"
