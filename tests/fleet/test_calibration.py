@@ -197,6 +197,7 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     assert outcome.misses() == []
 
 
+@pytest.mark.timeout(1800)  # two replays and the drain between them: about 17 minutes
 def test_the_fleet_against_itself(fleet: TestBed, fleet_cluster: Cluster, scaling_operator: LocalOperator,
                                   tiny_model_set: Path, tmp_path: Path) -> None:
     """The trace replayed twice, the second time once both pools are back at their minimum:
