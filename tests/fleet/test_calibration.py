@@ -211,7 +211,7 @@ def test_the_fleet_against_itself(fleet: TestBed, fleet_cluster: Cluster, scalin
         runs.append(ready.replay(fleet_cluster))
     step_baseline = ready.speed.reading_at(ready.measured.base_steps())
     assert ready.baseline is not None and step_baseline is not None, "the canary read nothing while profiling"
-    lines = []
+    lines, outcomes = [], []
     for label, run in zip(("first", "second"), runs, strict=True):
         folder = tmp_path / label
         folder.mkdir()
@@ -219,14 +219,18 @@ def test_the_fleet_against_itself(fleet: TestBed, fleet_cluster: Cluster, scalin
         trace.write(folder / "trace.csv", ready.requests)
         recording.save(folder, run, ready.profile, ready.speed, ready.baseline, step_baseline)
         recorded = recording.Recording.load(folder)
-        outcome = recorded.compare(recorded.simulate(recorded.slowdown()))
+        outcomes.append(outcome := recorded.compare(recorded.simulate(recorded.slowdown())))
         speeds = ", ".join(f"{calibration.mean_of(recorded.slowdown(), start, end):.2f}"
                            for start, end, _ in calibration.SEGMENTS)
         lines += [f"the {label} replay (the canary over its spans: {speeds}) against the simulator:",
                   *outcome.lines()[:3], f"  beyond a bound: {', '.join(outcome.misses()) or 'none'}"]
     against = calibration.compare_runs(*runs, calibration.SEGMENTS[-1][1])
+    first, second = outcomes
     lines += ["the second replay against the first:", *against.lines("first", "second"),
-              f"  beyond a bound: {', '.join(against.misses()) or 'none'}"]
+              f"  beyond a bound: {', '.join(against.misses()) or 'none'}",
+              "from the first replay to the second, p50 and p95: the fleet "
+              f"{second.real_p50 / first.real_p50 - 1:+.0%} and {second.real_p95 / first.real_p95 - 1:+.0%}, "
+              f"the simulator {second.sim_p50 / first.sim_p50 - 1:+.0%} and {second.sim_p95 / first.sim_p95 - 1:+.0%}"]
     print("\n".join(["the fleet against itself:", *lines, *(f for run in runs for f in run.failures)]))
     assert [run.failures for run in runs] == [[], []]
     assert all(max(n for _, n in run.replicas[ready.pools[0]]) > 1 for run in runs), "each burst scaled the base pool"
