@@ -62,7 +62,7 @@ calibrate: venv testbed prometheus
 	$(PY) -m pytest -m calibration -k "not against_itself" -s $(PYTEST_ARGS)
 
 # The same trace replayed twice on the fleet: how far the fleet lands from itself, beside how
-# far the simulator lands from each replay (about 16 min).
+# far the simulator lands from each replay (14-16 min).
 calibrate-repeat: venv testbed prometheus
 	$(PY) -m pytest -m calibration -k against_itself -s $(PYTEST_ARGS)
 
