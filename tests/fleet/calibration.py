@@ -220,15 +220,18 @@ class Comparison:
                 for pool, marks in self.replicas.items() for t, count, predicted in marks]
         return out
 
-    def misses(self, replicas: int = 1, hits: float = 0.05, latency: float = 0.2) -> list[str]:
+    def misses(self, replicas: int = 1, hits: float = 0.05, latency: float = 0.2, real: str = "fleet",
+               sim: str = "simulated") -> list[str]:
         """Every bound of issue 13 the simulation misses: replicas at each mark, hit rate
         points, latency relative (all named, so one run shows each way it is off)."""
-        out = [f"{pool} replicas at {t} s: fleet {real}, simulated {sim}"
-               for pool, marks in self.replicas.items() for t, real, sim in marks if abs(real - sim) > replicas]
+        out = [f"{pool} replicas at {t} s: {real} {count}, {sim} {predicted}"
+               for pool, marks in self.replicas.items() for t, count, predicted in marks
+               if abs(count - predicted) > replicas]
         if abs(self.sim_hits - self.real_hits) > hits:
             out.append(f"cache hits {100 * (self.sim_hits - self.real_hits):+.1f} points")
-        out += [f"{name} {sim / real - 1:+.1%}" for name, real, sim in (
-            ("p50", self.real_p50, self.sim_p50), ("p95", self.real_p95, self.sim_p95)) if abs(sim / real - 1) > latency]
+        out += [f"{name} {expected / actual - 1:+.1%}" for name, actual, expected in (
+            ("p50", self.real_p50, self.sim_p50), ("p95", self.real_p95, self.sim_p95))
+            if abs(expected / actual - 1) > latency]
         return out
 
 

@@ -230,7 +230,7 @@ def test_the_fleet_against_itself(fleet: TestBed, fleet_cluster: Cluster, scalin
     against = calibration.compare_runs(*runs, calibration.SEGMENTS[-1][1])
     first, second = outcomes
     lines += ["the second replay against the first:", *against.lines("first", "second"),
-              f"  beyond a bound: {', '.join(against.misses()) or 'none'}",
+              f"  beyond a bound: {', '.join(against.misses(real='first', sim='second')) or 'none'}",
               "from the first replay to the second, p50 and p95: the fleet "
               f"{second.real_p50 / first.real_p50 - 1:+.0%} and {second.real_p95 / first.real_p95 - 1:+.0%}, "
               f"the simulator {second.sim_p50 / first.sim_p50 - 1:+.0%} and {second.sim_p95 / first.sim_p95 - 1:+.0%}"]

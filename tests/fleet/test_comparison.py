@@ -33,5 +33,5 @@ def test_a_second_replay_is_set_against_the_first_as_the_simulation_is() -> None
     assert (against.real_hits, against.sim_hits) == pytest.approx((0.3, 0.3))  # 3 of 10; 6 of 20
     # At 60 s the first replay had 3 replicas and the second still 1; at 90 s 3 and 2.
     assert against.replicas["base"] == [(30, 1, 1), (60, 3, 1), (90, 3, 2)]
-    assert against.misses() == ["base replicas at 60 s: fleet 3, simulated 1", "p95 +31.0%"]
+    assert against.misses(real="first", sim="second") == ["base replicas at 60 s: first 3, second 1", "p95 +31.0%"]
     assert against.lines("first", "second")[0] == "p50 2.40 s first, 2.80 s second (+17%)"
