@@ -28,9 +28,9 @@ speed read at the profile's own steps beside its median over the profile (runs 6
 of twelve held against the median and six against the reading at the steps, which is
 printed to compare; the three misses (p50 -23%; -33% and p95 -32%; p95 -28%) had pods that
 started slowly under the second burst or a queue the profile read low. Replayed twice six
-minutes apart (`make calibrate-repeat`, runs 73-76), the fleet missed the bounds against its
-own first replay in all four pairs (p50 -42% to +25%, mostly the VM's speed), the simulator
-at the canary's speed in three of the eight replays.
+minutes apart (`make calibrate-repeat`, runs 73-78), the fleet missed the bounds against its
+own first replay in all six pairs (p50 -42% to +42%, mostly the VM's speed), the simulator
+at the canary's speed in four of the twelve replays.
 """
 from __future__ import annotations
 
