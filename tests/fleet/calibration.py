@@ -216,17 +216,18 @@ class Comparison:
         out = [f"p50 {self.real_p50:.2f} s {real}, {self.sim_p50:.2f} s {sim} ({self.sim_p50 / self.real_p50 - 1:+.0%})",
                f"p95 {self.real_p95:.2f} s {real}, {self.sim_p95:.2f} s {sim} ({self.sim_p95 / self.real_p95 - 1:+.0%})",
                f"ControlNet cache hits {self.real_hits:.1%} {real}, {self.sim_hits:.1%} {sim}"]
-        out += [f"{pool} replicas at {t} s: {real} {count}, {sim} {predicted}"
-                for pool, marks in self.replicas.items() for t, count, predicted in marks]
-        return out
+        return out + self._replica_lines(real, sim, 0)
+
+    def _replica_lines(self, real: str, sim: str, beyond: int) -> list[str]:
+        return [f"{pool} replicas at {t} s: {real} {count}, {sim} {predicted}"
+                for pool, marks in self.replicas.items() for t, count, predicted in marks
+                if abs(count - predicted) >= beyond]
 
     def misses(self, replicas: int = 1, hits: float = 0.05, latency: float = 0.2, real: str = "fleet",
                sim: str = "simulated") -> list[str]:
         """Every bound of issue 13 the simulation misses: replicas at each mark, hit rate
         points, latency relative (all named, so one run shows each way it is off)."""
-        out = [f"{pool} replicas at {t} s: {real} {count}, {sim} {predicted}"
-               for pool, marks in self.replicas.items() for t, count, predicted in marks
-               if abs(count - predicted) > replicas]
+        out = self._replica_lines(real, sim, replicas + 1)
         if abs(self.sim_hits - self.real_hits) > hits:
             out.append(f"cache hits {100 * (self.sim_hits - self.real_hits):+.1f} points")
         out += [f"{name} {expected / actual - 1:+.1%}" for name, actual, expected in (

@@ -124,6 +124,17 @@ class Prepared:
     def replay(self, cluster: Cluster) -> calibration.FleetRun:
         return calibration.replay(self.target, self.requests, cluster, self.pools, self.pools[1])
 
+    def record(self, folder: Path, run: calibration.FleetRun) -> recording.Recording:
+        """The run as a user's files in `folder` (beside the workflow `prepared` wrote), read back."""
+        step_baseline = self.speed.reading_at(self.measured.base_steps())
+        assert self.baseline is not None and step_baseline is not None, \
+            "the canary read nothing while the profile was measured"
+        if not (folder / "workflow.yaml").exists():
+            shutil.copy(folder.parent / "workflow.yaml", folder)
+        trace.write(folder / "trace.csv", self.requests)
+        recording.save(folder, run, self.profile, self.speed, self.baseline, step_baseline)
+        return recording.Recording.load(folder)
+
 
 @contextlib.contextmanager
 def prepared(fleet: TestBed, cluster: Cluster, model_set: Path, folder: Path) -> Iterator[Prepared]:
@@ -160,13 +171,10 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
         background = calibration.busy_cores()
         run = ready.replay(fleet_cluster)
     prof, measured, baseline = ready.profile, ready.measured, ready.baseline
-    step_baseline = ready.speed.reading_at(measured.base_steps())
-    assert baseline is not None and step_baseline is not None, "the canary read nothing while the profile was measured"
-    trace.write(tmp_path / "trace.csv", ready.requests)
-    recording.save(tmp_path, run, prof, ready.speed, baseline, step_baseline)
     # The simulator reads the run back as a user's files; the first replay at the profile's
     # speed, the second at the speed the canary measured at each moment of the trace.
-    recorded = recording.Recording.load(tmp_path)
+    recorded = ready.record(tmp_path, run)
+    step_baseline = ready.speed.reading_at(measured.base_steps())
     slowdown = recorded.slowdown()
     results = recorded.simulate(slowdown)
     outcome, unadjusted = recorded.compare(results), recorded.compare(recorded.simulate(None))
@@ -212,19 +220,13 @@ def test_the_fleet_against_itself(fleet: TestBed, fleet_cluster: Cluster, scalin
                                fleet_cluster.get("apps/v1", "Deployment", pool)["spec"]["replicas"] == 1
                                for pool in ready.pools), timeout=300, interval=1)
         runs.append(ready.replay(fleet_cluster))
-    step_baseline = ready.speed.reading_at(ready.measured.base_steps())
-    assert ready.baseline is not None and step_baseline is not None, "the canary read nothing while profiling"
     lines, outcomes = [], []
     for label, run in zip(("first", "second"), runs, strict=True):
-        folder = tmp_path / label
-        folder.mkdir()
-        shutil.copy(tmp_path / "workflow.yaml", folder)
-        trace.write(folder / "trace.csv", ready.requests)
-        recording.save(folder, run, ready.profile, ready.speed, ready.baseline, step_baseline)
-        recorded = recording.Recording.load(folder)
-        outcomes.append(outcome := recorded.compare(recorded.simulate(recorded.slowdown())))
-        speeds = ", ".join(f"{calibration.mean_of(recorded.slowdown(), start, end):.2f}"
-                           for start, end, _ in calibration.SEGMENTS)
+        (tmp_path / label).mkdir()
+        recorded = ready.record(tmp_path / label, run)
+        slowdown = recorded.slowdown()
+        outcomes.append(outcome := recorded.compare(recorded.simulate(slowdown)))
+        speeds = ", ".join(f"{calibration.mean_of(slowdown, start, end):.2f}" for start, end, _ in calibration.SEGMENTS)
         lines += [f"the {label} replay (the canary over its spans: {speeds}) against the simulator:",
                   *outcome.lines()[:3], f"  beyond a bound: {', '.join(outcome.misses()) or 'none'}"]
     against = calibration.compare_runs(*runs, calibration.SEGMENTS[-1][1])
