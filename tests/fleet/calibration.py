@@ -4,7 +4,7 @@ simulator, with what each says about latency, replicas and the ControlNet cache.
 The fleet side is open-loop, as users are: every request is sent at its arrival time on
 its own connection to the base pool's Service, whatever is still in flight. Replicas are
 read from the pools' Deployments (what the HPA set) and cache lookups from every ControlNet
-pod's own /metrics, once a second.
+pod's own /metrics, once a second, counted from the replay's start.
 """
 from __future__ import annotations
 
@@ -111,8 +111,34 @@ def controlnet_counters(pod_ip: str) -> tuple[tuple[float, float], tuple[float, 
              values.get(f"{metric_names.MODEL_LOAD_SECONDS}_sum", 0.0)))
 
 
+Counters = dict[str, tuple[tuple[float, float], tuple[float, float]]]  # pod -> (hits, misses), (loads, seconds)
+
+
+def controlnet_pods_counters(pods: Sequence[dict[str, Any]]) -> Counters:
+    """The counters of every ControlNet pod that answers (one starting or gone does not)."""
+    out = {}
+    for pod in pods:
+        if ip := pod.get("status", {}).get("podIP"):
+            try:
+                out[pod["metadata"]["name"]] = controlnet_counters(ip)
+            except OSError:
+                pass
+    return out
+
+
+def counted_since(now: Counters, before: Counters) -> Counters:
+    """What each pod counted after `before`: a pod that served an earlier replay (the one a
+    scale-in keeps) has its earlier lookups in its counters."""
+    def minus(pair: tuple[float, float], earlier: tuple[float, float]) -> tuple[float, float]:
+        return pair[0] - earlier[0], pair[1] - earlier[1]
+
+    zero = ((0.0, 0.0), (0.0, 0.0))
+    return {pod: (minus(lookups, before.get(pod, zero)[0]), minus(loads, before.get(pod, zero)[1]))
+            for pod, (lookups, loads) in now.items()}
+
+
 def _sample(cluster: Cluster, pools: Sequence[str], controlnet_pool: str, run: FleetRun, elapsed: float,
-            started_at: float) -> None:
+            started_at: float, before: Counters) -> None:
     hpas = {h["metadata"]["name"]: h for h in cluster.list("autoscaling/v2", "horizontalpodautoscalers")}
     pods: dict[str, list[dict[str, Any]]] = {}
     for pool in pools:
@@ -127,13 +153,8 @@ def _sample(cluster: Cluster, pools: Sequence[str], controlnet_pool: str, run: F
         for pod in pods[pool]:
             if is_ready(pod) and pod["metadata"]["name"] not in run.pod_starts:
                 run.pod_starts[pod["metadata"]["name"]] = pod_start(pod)
-    for pod in pods[controlnet_pool]:
-        ip = pod.get("status", {}).get("podIP")
-        if ip:
-            try:
-                run.lookups[pod["metadata"]["name"]], run.loads[pod["metadata"]["name"]] = controlnet_counters(ip)
-            except OSError:
-                pass  # starting or gone: its last counters stand
+    for pod, (lookups, loads) in counted_since(controlnet_pods_counters(pods[controlnet_pool]), before).items():
+        run.lookups[pod], run.loads[pod] = lookups, loads  # a pod starting or gone keeps its last
 
 
 def replay(target: str, requests: Sequence[Request], cluster: Cluster, pools: Sequence[str],
@@ -142,6 +163,7 @@ def replay(target: str, requests: Sequence[Request], cluster: Cluster, pools: Se
     run = FleetRun()
     images = {name: control_image() for name in {cn for r in requests for cn in r.controlnets}}
     lock = threading.Lock()
+    before = controlnet_pods_counters(cluster.pods(controlnet_pool))
     started, started_at = time.monotonic(), time.time()
     run.started_at = started_at
 
@@ -163,7 +185,7 @@ def replay(target: str, requests: Sequence[Request], cluster: Cluster, pools: Se
 
     def sampler() -> None:
         while not done.is_set():
-            _sample(cluster, pools, controlnet_pool, run, time.monotonic() - started, started_at)
+            _sample(cluster, pools, controlnet_pool, run, time.monotonic() - started, started_at, before)
             done.wait(1.0)
 
     watcher = threading.Thread(target=sampler, daemon=True)
@@ -174,7 +196,7 @@ def replay(target: str, requests: Sequence[Request], cluster: Cluster, pools: Se
             pool.submit(send, index, request)
     done.set()
     watcher.join()
-    _sample(cluster, pools, controlnet_pool, run, time.monotonic() - started, started_at)
+    _sample(cluster, pools, controlnet_pool, run, time.monotonic() - started, started_at, before)
     return run
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fleet.calibration import Comparison, FleetRun, compare_runs
+from tests.fleet.calibration import Comparison, FleetRun, compare_runs, counted_since
 
 
 def comparison(**changes: object) -> Comparison:
@@ -35,3 +35,9 @@ def test_a_second_replay_is_set_against_the_first_as_the_simulation_is() -> None
     assert against.replicas["base"] == [(30, 1, 1), (60, 3, 1), (90, 3, 2)]
     assert against.misses(real="first", sim="second") == ["base replicas at 60 s: first 3, second 1", "p95 +31.0%"]
     assert against.lines("first", "second")[0] == "p50 2.40 s first, 2.80 s second (+17%)"
+
+
+def test_a_pod_that_served_an_earlier_replay_counts_only_this_one() -> None:
+    before = {"cn-kept": ((20.0, 30.0), (30.0, 9.0))}
+    now = {"cn-kept": ((26.0, 41.0), (41.0, 12.5)), "cn-new": ((1.0, 2.0), (2.0, 0.5))}
+    assert counted_since(now, before) == {"cn-kept": ((6.0, 11.0), (11.0, 3.5)), "cn-new": ((1.0, 2.0), (2.0, 0.5))}
