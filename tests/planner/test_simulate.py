@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import pytest
 
@@ -150,18 +149,38 @@ def test_shared_pool_bounds_are_the_operators_shared_bounds() -> None:
 
 def test_each_base_replica_takes_the_controlnet_replicas_in_turn_from_a_random_start() -> None:
     """gRPC round_robin runs in each base pod's own channel: one turn per caller, not one per
-    pool, and a new start whenever the pool's ready replicas change."""
+    pool, and a new random start whenever the replicas it knows change."""
     wf = workflow("w", controlnets=("canny",), base_pool={"replicas": 2}, controlnet_pool={"replicas": 3})
-    sim = Simulation(fleet.build([wf]), [wf], PROFILE, seed=7)
+    starts = set()
+    for seed in range(6):
+        sim = Simulation(fleet.build([wf]), [wf], PROFILE, seed=seed)
+        base, cn = sim.pools["swd-w-base"], sim.pools["swd-w-cn"]
+        for caller in base.ready:
+            picked = [cn.ready.index(cn.pick_for(caller, 0.0, sim.rng)) for _ in range(6)]
+            assert picked == [(picked[0] + i) % 3 for i in range(6)]
+            starts.add(picked[0])
+        gone = cn.ready[0]
+        sim._remove_replicas(cn, 1, 1.0)
+        assert gone.draining
+        for caller in base.ready:  # its connection to the replica gone closed: it resolves at once
+            picked = [cn.pick_for(caller, 1.0, sim.rng) for _ in range(4)]
+            assert gone not in picked and picked[0] is picked[2] is not picked[1] is picked[3]
+    assert starts == {0, 1, 2}
+
+
+def test_a_new_controlnet_replica_waits_for_each_caller_to_resolve_again() -> None:
+    """A base pod's channel finds a pod added to its ControlNet pool only when it resolves the
+    pool's name again: when one of its connections reaches the servers' age (15 s +-10%)."""
+    wf = workflow("w", controlnets=("canny",), base_pool={"replicas": 2}, controlnet_pool={"replicas": 1})
+    sim = Simulation(fleet.build([wf]), [wf], PROFILE)
     base, cn = sim.pools["swd-w-base"], sim.pools["swd-w-cn"]
-    draws = random.Random(7)
-    for caller in base.ready:
-        start = draws.randrange(3)
-        picked = [cn.ready.index(cn.pick_for(caller, 0.0, sim.rng)) for _ in range(6)]
-        assert picked == [(start + 1 + i) % 3 for i in range(6)]
-    sim._remove_replicas(cn, 1, 1.0)
-    first, second = (cn.ready.index(cn.pick_for(caller, 1.0, sim.rng)) for caller in base.ready)
-    assert (first, second) == ((draws.randrange(2) + 1) % 2, (draws.randrange(2) + 1) % 2)
+    early, late = base.ready
+    first = cn.pick_for(early, 0.0, sim.rng)
+    sim._add_replicas(cn, 1, 1.0, ready_at=1.0)
+    added = cn.ready[1]
+    assert {cn.pick_for(early, t, sim.rng) for t in (2.0, 5.0, 10.0, 13.0)} == {first}
+    assert {cn.pick_for(late, 2.0, sim.rng) for _ in range(2)} == {first, added}  # its first call: both
+    assert {cn.pick_for(early, 16.6, sim.rng) for _ in range(2)} == {first, added}
 
 
 def test_a_scale_down_removes_the_replica_ready_for_the_least_time_busy_or_not() -> None:

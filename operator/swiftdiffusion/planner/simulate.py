@@ -7,9 +7,12 @@ started then, which is itself slowed by `queued_slowdown`). Requests reach them
 round-robin over the pool Service's ready endpoints, from a start drawn from the seed (where
 a proxy's turn stands is no plan's to know). A base request's ControlNet session
 goes to its ControlNet pool as gRPC's round_robin policy in the calling base replica's own
-channel sends it: each caller takes the ready replicas in turn from a random start, drawn
-again whenever the pool's ready replicas change (grpc-core builds a new picker then, with a
-random start, so that clients do not all begin on the same endpoint). A session's cache
+channel sends it: each caller takes in turn the replicas its channel knows, those ready when
+it last resolved the pool's name, from a random start drawn whenever that list changes
+(grpc-core builds a new picker then, with a random start, so that clients do not all begin
+on the same endpoint). A channel resolves at its first call, when one of its connections
+reaches the servers' connection age (`runtime.serving.connections`), and at once when a
+replica it knows goes away: a new replica waits up to one age for each caller to find it. A session's cache
 misses load on that ControlNet replica as work of its own beside its open sessions' steps
 and other loads (processor sharing), so a replica many callers find at once loads slowly;
 the loads do not slow the sessions already open, whose steps are timed as they start.
@@ -52,6 +55,11 @@ from swiftdiffusion.planner.fleet import Fleet, PoolModel, desired_replicas
 from swiftdiffusion.planner.host import SharedHost
 from swiftdiffusion.planner.profile import Profile
 from swiftdiffusion.planner.trace import Request
+from swiftdiffusion.runtime.serving.connections import (
+    CONNECTION_AGE_JITTER,
+    CONNECTION_AGE_SECONDS,
+    RESOLUTION_INTERVAL_SECONDS,
+)
 
 DONE, READY, POLL, SHARED, SCRAPE, RELEASE = range(6)
 HPA_SCALE_UP_PODS = 4  # the HPA's default scale-up policy: max(4 pods, 100%) per period
@@ -76,8 +84,11 @@ class Replica:
     load: float = 0.0  # a ControlNet replica: the summed share of its open sessions
     sessions: int = 0
     decoding: int = 0  # a base replica: requests past its worker, decoding their images
-    picker: int = -1  # a calling replica: the ControlNet pool's `endpoints` its picker was built for
-    picked: int = 0  # and its picker's last position over the ready replicas
+    known: tuple[Replica, ...] = ()  # a calling replica: the ControlNet replicas its channel last resolved
+    resolves_at: float = 0.0  # when its channel resolves again (a connection reaches its age)
+    endpoints_seen: int = -1  # the ControlNet pool's `endpoints` when it last looked for replicas gone
+    endpoints_known: int = -1  # and the last version of which it knew every ready replica
+    picked: int = 0  # its picker's last position over `known`
     loading_until: list[float] = field(default_factory=list)  # a ControlNet replica: when its loads in progress end
 
     @property
@@ -114,12 +125,36 @@ class PoolState:
         return choices[self.turn % len(choices)]
 
     def pick_for(self, caller: Replica, now: float, rng: random.Random) -> Replica:
-        """The replica `caller`'s own round_robin picker takes next."""
-        choices = self._choices(now)
-        if caller.picker != self.endpoints:
-            caller.picker, caller.picked = self.endpoints, rng.randrange(len(choices))
+        """The replica `caller`'s own round_robin picker takes next, among those its channel knows."""
+        if caller.endpoints_seen != self.endpoints:
+            caller.endpoints_seen = self.endpoints
+            if any(replica.draining for replica in caller.known):
+                caller.known = ()  # its connection closed: the channel resolves at once
+        if not caller.known:
+            self._resolve(caller, now, rng)
+        elif caller.resolves_at <= now:  # resolved at each connection age since; the last one counts
+            period = self._period(caller)
+            self._resolve(caller, caller.resolves_at + (now - caller.resolves_at) // period * period, rng)
+        choices = caller.known or self._choices(now)
         caller.picked += 1
         return choices[caller.picked % len(choices)]
+
+    def _resolve(self, caller: Replica, at: float, rng: random.Random) -> None:
+        """The caller's channel resolves the pool's name `at` then: the replicas ready by then."""
+        if caller.endpoints_known != self.endpoints:  # else it knows every ready replica already
+            known = tuple(replica for replica in self.ready if replica.ready_at <= at)
+            if known != caller.known:
+                caller.known, caller.picked = known, rng.randrange(len(known)) if known else 0
+            if len(known) == len(self.ready):
+                caller.endpoints_known = self.endpoints
+        caller.resolves_at = at + self._period(caller) * rng.uniform(1 - CONNECTION_AGE_JITTER,
+                                                                     1 + CONNECTION_AGE_JITTER)
+
+    @staticmethod
+    def _period(caller: Replica) -> float:
+        """How often one of the caller's connections (one per replica it knows, opened at
+        different moments) reaches the servers' age, no closer than the resolver's interval."""
+        return max(RESOLUTION_INTERVAL_SECONDS, CONNECTION_AGE_SECONDS / max(1, len(caller.known)))
 
     def _choices(self, now: float) -> list[Replica]:
         choices = self.ready or self.live

@@ -19,6 +19,7 @@ from swiftdiffusion.runtime.errors import (
     RequestError,
     Unavailable,
 )
+from swiftdiffusion.runtime.serving.connections import CONNECTION_AGE_SECONDS, RESOLUTION_INTERVAL_SECONDS
 from swiftdiffusion.runtime.serving.metrics import RuntimeMetrics
 
 MAX_MESSAGE_BYTES = 1 << 30  # SDXL residuals are ~51 MB per step in fp16; gRPC's default is 4 MiB
@@ -26,11 +27,11 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-# Servers end each connection after 15 s (streams in flight may finish for up to the
+# Servers end each connection after a while (streams in flight may finish for up to the
 # request timeout), so clients re-resolve the pool's addresses and find pods added since.
 SERVER_OPTIONS = [
     *CHANNEL_OPTIONS,
-    ("grpc.max_connection_age_ms", 15_000),
+    ("grpc.max_connection_age_ms", round(CONNECTION_AGE_SECONDS * 1000)),
     ("grpc.max_connection_age_grace_ms", 600_000),
 ]
 
@@ -46,12 +47,10 @@ def retry_unstarted(service: str) -> list[tuple[str, object]]:
 
 
 # A pool behind a headless Service resolves to every ready pod: one session per pod in turn.
-# gRPC spaces re-resolutions 30 s apart by default; 5 s lets a new pod take sessions
-# within about 20 s of turning Ready (the connection age above, then one resolution).
 BALANCED_CHANNEL_OPTIONS = [
     *CHANNEL_OPTIONS,
     ("grpc.lb_policy_name", "round_robin"),
-    ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+    ("grpc.dns_min_time_between_resolutions_ms", round(RESOLUTION_INTERVAL_SECONDS * 1000)),
     *retry_unstarted("swiftdiffusion.v1.ControlNetService"),
 ]
 _RESOLVERS = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
