@@ -12,10 +12,11 @@ it last resolved the pool's name, from a random start drawn whenever that list c
 (grpc-core builds a new picker then, with a random start, so that clients do not all begin
 on the same endpoint). A channel resolves at its first call, when one of its connections
 reaches the servers' connection age (`runtime.serving.connections`), and at once when a
-replica it knows goes away: a new replica waits up to one age for each caller to find it. A session's cache
-misses load on that ControlNet replica as work of its own beside its open sessions' steps
-and other loads (processor sharing), so a replica many callers find at once loads slowly;
-the loads do not slow the sessions already open, whose steps are timed as they start.
+replica it knows goes away: a new replica waits up to one age for each caller to find it.
+A session's cache misses load on that ControlNet replica as work of its own beside its open
+sessions' steps and other loads (processor sharing), so a replica many callers find at once
+loads slowly; the loads do not slow the sessions already open, whose steps are timed as
+they start.
 Autoscaled pools are resized every HPA sync period as the HPA does for the operator's
 ScaledObjects: desired = ceil(demand / target) within the bounds, unchanged within the HPA's 10% tolerance,
 demand = the pool's in-flight calls (a ControlNet pool: max(own sessions, sum of its
