@@ -9,8 +9,8 @@ which missed p50 and p95 when they ran (their profiles' step off against the VM'
 a model right for them would be wrong for the others. Runs 64-67, 69 and 71: those of runs
 61-72 with nine profile rounds that held against the canary's median over the profile
 (their `baseline`; runs 64-66 ran against `step_baseline`, also kept); runs 68, 70 and 72
-missed. Run 80: the first `make calibrate` after the callers' resolution joined the model
-(and the replays' counters were counted from their start), which held.
+missed. Runs 80 and 82: the `make calibrate` runs after the callers' resolution joined the
+model (and the replays' counters were counted from their start); both held.
 """
 from __future__ import annotations
 
