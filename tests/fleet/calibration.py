@@ -101,7 +101,11 @@ def pod_start(pod: dict[str, Any]) -> float:
     return seconds_between(pod["metadata"]["creationTimestamp"], ready_since(pod))
 
 
-def controlnet_counters(pod_ip: str) -> tuple[tuple[float, float], tuple[float, float]]:
+PodCounters = tuple[tuple[float, float], tuple[float, float]]  # (hits, misses), (loads, their seconds)
+Counters = dict[str, PodCounters]  # by pod name
+
+
+def controlnet_counters(pod_ip: str) -> PodCounters:
     """A ControlNet pod's (cache hits, misses) and (ControlNet loads, their seconds)."""
     values = {s.name: s.value for s in pod_samples(pod_ip, timeout=2)
               if s.labels.get("kind", "controlnet") == "controlnet"}
@@ -109,9 +113,6 @@ def controlnet_counters(pod_ip: str) -> tuple[tuple[float, float], tuple[float, 
              values.get(metric_names.CONTROLNET_CACHE_MISSES_TOTAL, 0.0)),
             (values.get(f"{metric_names.MODEL_LOAD_SECONDS}_count", 0.0),
              values.get(f"{metric_names.MODEL_LOAD_SECONDS}_sum", 0.0)))
-
-
-Counters = dict[str, tuple[tuple[float, float], tuple[float, float]]]  # pod -> (hits, misses), (loads, seconds)
 
 
 def controlnet_pods_counters(pods: Sequence[dict[str, Any]]) -> Counters:

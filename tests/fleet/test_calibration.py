@@ -124,9 +124,14 @@ class Prepared:
     def replay(self, cluster: Cluster) -> calibration.FleetRun:
         return calibration.replay(self.target, self.requests, cluster, self.pools, self.pools[1])
 
+    @property
+    def step_baseline(self) -> float | None:
+        """The canary's reading at the profile's plain steps (the baseline of runs 61-66)."""
+        return self.speed.reading_at(self.measured.base_steps())
+
     def record(self, folder: Path, run: calibration.FleetRun) -> recording.Recording:
         """The run as a user's files in `folder` (beside the workflow `prepared` wrote), read back."""
-        step_baseline = self.speed.reading_at(self.measured.base_steps())
+        step_baseline = self.step_baseline
         assert self.baseline is not None and step_baseline is not None, \
             "the canary read nothing while the profile was measured"
         if not (folder / "workflow.yaml").exists():
@@ -174,7 +179,7 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     # The simulator reads the run back as a user's files; the first replay at the profile's
     # speed, the second at the speed the canary measured at each moment of the trace.
     recorded = ready.record(tmp_path, run)
-    step_baseline = ready.speed.reading_at(measured.base_steps())
+    step_baseline = ready.step_baseline
     slowdown = recorded.slowdown()
     results = recorded.simulate(slowdown)
     outcome, unadjusted = recorded.compare(results), recorded.compare(recorded.simulate(None))
