@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 from swiftdiffusion.runtime.cli import main
 
-EXAMPLES = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(str(p) for p in (ROOT / "examples").glob("*.yaml"))
 WORKFLOWS = {"sdxl-canny-depth", "sdxl-latent-parallel", "product-shots", "character-poses"}
 
 
@@ -66,3 +70,17 @@ def test_a_workflow_the_crd_would_refuse_is_named_by_field(tmp_path: Path, capsy
                    "spec: {base: {model: m}, basePool: {gpus: many}}\n")
     assert main(["simulate", str(bad), "--out", str(tmp_path / "sim")]) == 2
     assert "workflow 'bad': spec.basePool.gpus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/planner.md"])
+def test_the_documented_comparison_is_what_its_command_prints(document: str, tmp_path: Path, capsys) -> None:
+    """The table a reader sees beside the command is the one the current model prints."""
+    text = (ROOT / document).read_text()
+    command = re.search(r"^swiftdiffusion (simulate examples/\*\.yaml .*)$", text, re.MULTILINE)
+    assert command, f"{document} shows no comparison command"
+    table = re.search(r"```text\n(design .*?)```", text[command.end():], re.DOTALL)
+    assert table, f"{document} shows no table after its command"
+    args = command.group(1).split()
+    assert main([args[0], *EXAMPLES, *args[2:], "--out", str(tmp_path / "sim")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(table.group(1)), f"{document} shows a table the command no longer prints:\n{printed}"
