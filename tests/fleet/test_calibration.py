@@ -59,7 +59,7 @@ from tests.fleet import calibration, canary, recording
 from tests.fleet.traffic import ready_pods, service_target
 from tests.reconcile.fixtures import Cluster
 from tests.testbed.cluster import TestBed
-from tests.testbed.fleet import cpu, model_store
+from tests.testbed.fleet import cpu, model_store, prometheus
 from tests.testbed.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.calibration]
@@ -147,7 +147,9 @@ def prepared(fleet: TestBed, cluster: Cluster, model_set: Path, folder: Path) ->
     with canary.canary(model_set, CPU_LIMIT) as speed:
         profiled_from = time.time()
         with limited_services() as launcher:
-            measured = service_profile.measure(model_set, size=SIZE, steps=STEPS, repeats=REPEATS, launcher=launcher)
+            # The services answer what the fleet's pods do: the test bed's scrapes, the rendered probes.
+            measured = service_profile.measure(model_set, size=SIZE, steps=STEPS, repeats=REPEATS, launcher=launcher,
+                                               traffic=service_profile.PodTraffic(prometheus.SCRAPE_SECONDS))
         baseline = speed.median(profiled_from, time.time())
         local = profile.Profile.model_validate(measured.profile())
         body = calibration_workflow(local.controlnet_bytes)

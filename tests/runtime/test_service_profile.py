@@ -3,9 +3,17 @@ and the profile derived from the probes' timings predicts them back. (The measur
 is checked against the fleet in tests/fleet/test_calibration.py.)"""
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
 import pytest
+import yaml
+from grpc_health.v1 import health, health_pb2_grpc
 
 from swiftdiffusion.planner import service
 from swiftdiffusion.planner.profile import Profile
@@ -13,7 +21,7 @@ from swiftdiffusion.runtime.cli import main
 from swiftdiffusion.runtime.dev import service_profile
 
 
-@pytest.mark.parametrize("option", [["--repeats", "0"], ["--steps", "0"], ["--size", "4"]])
+@pytest.mark.parametrize("option", [["--repeats", "0"], ["--steps", "0"], ["--size", "4"], ["--scrape-seconds", "-1"]])
 def test_bad_options_exit_2_naming_them_and_write_nothing(option: list[str], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "profile.json"
@@ -85,3 +93,62 @@ def test_the_rounds_misses_are_the_load_time_and_are_taken_out_of_the_open_and_t
     assert derived.controlnet_load_seconds == pytest.approx((0.1 + 2 * 0.2 + 2 * 0.3) / 5)  # over all 5 loads
     assert derived.controlnet_open_seconds == pytest.approx(0.02)
     assert derived.queued_slowdown == pytest.approx(1.08)
+
+
+class CountingHealth(health.HealthServicer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+
+    def Check(self, request, context):  # noqa: N802 (gRPC's name)
+        self.checks += 1
+        return super().Check(request, context)
+
+
+@pytest.fixture
+def pod() -> Iterator[tuple[int, str, list[str], CountingHealth]]:
+    """A /metrics endpoint and a gRPC health service that count what they answer."""
+    paths: list[str] = []
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            paths.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"up 1\n")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    server, servicer = grpc.server(futures.ThreadPoolExecutor(2)), CountingHealth()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield http.server_address[1], f"127.0.0.1:{port}", paths, servicer
+    finally:
+        server.stop(None)
+        http.shutdown()
+
+
+def test_the_services_answer_a_pods_scrapes_and_probes_while_measured_and_not_after(pod) -> None:
+    metrics_port, target, scraped, probed = pod
+    traffic = service_profile.PodTraffic(scrape_seconds=0.2, probe_seconds=(0.3, 0.5))
+    started = time.monotonic()
+    with traffic.sent([metrics_port], [target]):
+        time.sleep(1.1)
+    elapsed = time.monotonic() - started
+    # Each call first one period in, then every period: never more often than that.
+    assert 2 <= len(scraped) <= elapsed // 0.2 and set(scraped) == {"/metrics"}
+    assert 2 <= probed.checks <= elapsed // 0.3 + elapsed // 0.5
+    counts = len(scraped), probed.checks
+    time.sleep(0.6)
+    assert (len(scraped), probed.checks) == counts, "traffic went on after the block"
+    assert "a /metrics scrape every 0.2 s and gRPC health probes every 0.3 and 0.5 s" in traffic.describe()
+
+
+def test_the_default_scrape_is_the_charts() -> None:
+    values = yaml.safe_load((Path(__file__).resolve().parents[2] / "charts/swiftdiffusion/values.yaml").read_text())
+    assert values["serviceMonitor"]["interval"] == f"{service_profile.CHART_SCRAPE_SECONDS:g}s"

@@ -38,6 +38,7 @@ DOWNLOAD_SECONDS = 3600  # ... or download into it first (SDXL base: about 14 GB
 # A health check is one cheap RPC: checking often makes a pod Ready (and an autoscaled pool
 # serve) within 2 s of its server starting, instead of up to a 10 s period later.
 STARTUP_PROBE_SECONDS = 2
+READINESS_PROBE_SECONDS, LIVENESS_PROBE_SECONDS = 5, 10  # a serving pod answers both, beside its requests
 # preStop, then the runtime's own drain (in-flight requests finish), then a margin to exit.
 TERMINATION_GRACE_SECONDS = PRE_STOP_SECONDS + int(rc.SHUTDOWN_GRACE_SECONDS) + 10
 BASE, CONTROLNET = "base", "controlnet"
@@ -194,8 +195,8 @@ def _container(plan: PoolPlan) -> dict[str, Any]:
         # hour: the startup probe holds the others off meanwhile.
         "startupProbe": _grpc_probe(period=STARTUP_PROBE_SECONDS, failures=(
             DOWNLOAD_SECONDS if plan.config.model_downloads else LOAD_SECONDS) // STARTUP_PROBE_SECONDS),
-        "readinessProbe": _grpc_probe(period=5, failures=3),
-        "livenessProbe": _grpc_probe(period=10, failures=3),
+        "readinessProbe": _grpc_probe(period=READINESS_PROBE_SECONDS, failures=3),
+        "livenessProbe": _grpc_probe(period=LIVENESS_PROBE_SECONDS, failures=3),
         # Endpoints and clients learn of the deletion before the server stops accepting.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

@@ -24,28 +24,36 @@ waiting requests' threads run too. Each round also keeps a queue of `QUEUE_DEPTH
 of the base service (requests with 0 and 1 ControlNets): what a queued request holds the worker
 for, against the same requests alone right before it, is `queued_slowdown`, and what its
 replies' decodes took, against a decode alone, is `queued_decode_slowdown`.
+
+A pod also answers Prometheus's scrapes of its /metrics and the kubelet's health probes
+beside its requests, so the services answer them too while they are measured (`PodTraffic`):
+on a 0.2-core service, a scrape every 2 s and the rendered probes took 2-4% of its time.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from swiftdiffusion.operator.render import LIVENESS_PROBE_SECONDS, READINESS_PROBE_SECONDS
 from swiftdiffusion.runtime import metric_names as names
 from swiftdiffusion.runtime.client import GenerateReply, generate, generate_request
 from swiftdiffusion.runtime.config import Defaults, LoraEntry
 from swiftdiffusion.runtime.dev.local_stack import Launcher, StackOptions, local_stack
+from swiftdiffusion.runtime.serving.grpc_common import check_health
 
 CONTROL_COUNTS = (0, 1, 2, 3)
 QUEUE_DEPTH = 3  # clients keeping the base service's queue full
@@ -53,6 +61,48 @@ QUEUE_DEPTH = 3  # clients keeping the base service's queue full
 # they do not miss in turn (a load in the ControlNet service would hide the base's decode).
 BACKLOG_COUNTS = (0, 1)
 LORAS = ("profile-a", "profile-b")
+CHART_SCRAPE_SECONDS = 30.0  # the chart's ServiceMonitor interval
+
+
+@dataclass(frozen=True)
+class PodTraffic:
+    """What a serving pod answers beside its requests: Prometheus scraping its /metrics every
+    `scrape_seconds` (None: not scraped) and the kubelet's gRPC health probes, one every
+    period in `probe_seconds` (the operator's readiness and liveness probes)."""
+
+    scrape_seconds: float | None = CHART_SCRAPE_SECONDS
+    probe_seconds: tuple[float, ...] = (READINESS_PROBE_SECONDS, LIVENESS_PROBE_SECONDS)
+
+    def describe(self) -> str:
+        scrape = f"a /metrics scrape every {self.scrape_seconds:g} s" if self.scrape_seconds else "no scrape"
+        return f"{scrape} and gRPC health probes every {' and '.join(f'{p:g}' for p in self.probe_seconds)} s"
+
+    @contextlib.contextmanager
+    def sent(self, metrics_ports: Sequence[int], targets: Sequence[str]) -> Iterator[None]:
+        """Sends it to the services until the block ends, each call first one period in."""
+        calls: list[tuple[float, Callable[[], object]]] = []
+        if self.scrape_seconds:
+            calls += [(self.scrape_seconds, lambda port=port: _fetch(port)) for port in metrics_ports]
+        calls += [(period, lambda target=target: check_health(target))
+                  for period in self.probe_seconds for target in targets]
+        stop = threading.Event()
+
+        def send() -> None:
+            due = [time.monotonic() + period for period, _ in calls]
+            while calls:
+                first = min(range(len(calls)), key=due.__getitem__)
+                if stop.wait(max(0.0, due[first] - time.monotonic())):
+                    return
+                calls[first][1]()
+                due[first] += calls[first][0]
+
+        sender = threading.Thread(target=send, name="pod-traffic", daemon=True)
+        sender.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            sender.join()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,17 +112,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Five: one round's queue against its requests alone swings by +-13% on a VM whose speed
     # drifts (docs/planner.md, Calibrating), and `queued_slowdown` moves latency most.
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (the median is kept)")
+    parser.add_argument("--scrape-seconds", type=float, default=CHART_SCRAPE_SECONDS,
+                        help="Prometheus's scrape interval for the pods, which the services answer while measured "
+                             "(0: none; the chart's ServiceMonitor: 30)")
     parser.add_argument("--out", type=Path, default=Path("out/profile.json"))
 
 
 def run(args: argparse.Namespace) -> int:
     from swiftdiffusion.runtime.dev.model_factory import build_model_set
 
-    if args.repeats < 1 or args.steps < 1 or args.size < 8:
-        print("swiftdiffusion profile: --repeats and --steps must be >= 1 and --size >= 8", file=sys.stderr)
+    if args.repeats < 1 or args.steps < 1 or args.size < 8 or args.scrape_seconds < 0:
+        print("swiftdiffusion profile: --repeats and --steps must be >= 1, --size >= 8 and --scrape-seconds >= 0",
+              file=sys.stderr)
         return 2
     models = build_model_set(args.models, "tiny") if not (args.models / "base").is_dir() else args.models
-    profile = measure(models, size=args.size, steps=args.steps, repeats=args.repeats, log=print).profile()
+    traffic = PodTraffic(scrape_seconds=args.scrape_seconds or None)
+    profile = measure(models, size=args.size, steps=args.steps, repeats=args.repeats, log=print,
+                      traffic=traffic).profile()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".partial")
     partial.write_text(json.dumps(profile, indent=2) + "\n")
@@ -84,13 +140,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 def scrape(port: int) -> dict[str, float]:
     """Every sample of a service's /metrics, summed over labels other than the sample name
     (`kind` is kept: base and ControlNet model loads are different things)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_fetch(port)):
         for sample in family.samples:
             key = sample.name + (f"{{kind={sample.labels['kind']}}}" if "kind" in sample.labels else "")
             out[key] = out.get(key, 0.0) + sample.value
@@ -191,21 +250,22 @@ class Measurement:
     pod_start: float
     cn_metrics: dict[str, float]  # the ControlNet service's, after the warm-up
     base_metrics: dict[str, float]
+    traffic: PodTraffic = PodTraffic()
 
     def profile(self) -> dict[str, object]:
         """The profile as a dict of `planner.profile.Profile` fields (validated by the planner)."""
         return derive(self.probes, self.steps, self.size, self.pod_start, self.cn_metrics, self.base_metrics,
-                      backlogs=self.backlogs)
+                      backlogs=self.backlogs, traffic=self.traffic)
 
     def base_steps(self) -> list[tuple[tuple[float, float], float]]:
         """(span, seconds a step) of each plain request: what `base_step_seconds` is the median of."""
         return [(s.span, s.timings["denoise"] / self.steps) for s in self.probes["0 ControlNets"].samples]
 
 
-def measure(models: Path, *, size: int, steps: int, repeats: int,
-            log: Callable[[str], None] = lambda _: None, launcher: Launcher | None = None) -> Measurement:
+def measure(models: Path, *, size: int, steps: int, repeats: int, log: Callable[[str], None] = lambda _: None,
+            launcher: Launcher | None = None, traffic: PodTraffic = PodTraffic()) -> Measurement:
     """Runs the services and the rounds. `launcher` starts the services as the pods to be
-    planned run (a CPU limit, say)."""
+    planned run (a CPU limit, say), and they answer `traffic` throughout, as those pods do."""
     from swiftdiffusion.runtime.dev.synthetic_lora import lora_for_model_set
 
     controlnets = sorted(p.name for p in (models / "controlnets").iterdir())[: max(CONTROL_COUNTS)]
@@ -215,12 +275,13 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
     options = StackOptions.on_free_ports(models, threads=1, loras=loras, controlnet_cache_bytes=one_controlnet * 3 // 2,
                                          defaults=Defaults(steps=steps, guidance_scale=5.0, width=size, height=size))
     images = [_control_image(size, i) for i in range(len(controlnets))]
+    ports = (options.base_metrics_port, options.controlnet_metrics_port)
     with tempfile.TemporaryDirectory(prefix="swiftdiffusion-profile-") as folder:
         started = time.monotonic()
-        with local_stack(options, Path(folder), launcher=launcher) as stack:
+        with local_stack(options, Path(folder), launcher=launcher) as stack, \
+                traffic.sent(ports, (stack.base.target, stack.controlnet.target)):
             pod_start = time.monotonic() - started
             log(f"both services serving after {pod_start:.1f} s")
-            ports = (options.base_metrics_port, options.controlnet_metrics_port)
 
             def request(count: int, lora: int = 0) -> Callable[[int], object]:
                 return lambda seed: generate_request(
@@ -246,7 +307,7 @@ def measure(models: Path, *, size: int, steps: int, repeats: int,
                                         options.controlnet_metrics_port))
                 log(f"round {round_ + 1}/{repeats} backlog of {QUEUE_DEPTH}: "
                     f"{backlogs[-1].seconds / backlogs[-1].requests:.3f} s a request")
-    return Measurement(probes, backlogs, steps, size, pod_start, cn_metrics, base_metrics)
+    return Measurement(probes, backlogs, steps, size, pod_start, cn_metrics, base_metrics, traffic)
 
 
 def backlog(target: str, requests: Sequence[Callable[[int], object]], controlnet_metrics_port: int) -> Backlog:
@@ -267,7 +328,8 @@ def _served(sample: Sample) -> float:
 
 
 def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn_metrics: dict[str, float],
-           base_metrics: dict[str, float], backlogs: Sequence[Backlog]) -> dict[str, object]:
+           base_metrics: dict[str, float], backlogs: Sequence[Backlog],
+           traffic: PodTraffic = PodTraffic()) -> dict[str, object]:
     """Profile fields from the samples (medians over the rounds); `backlogs`: each round's
     queue of the `BACKLOG_COUNTS` requests; `cn_metrics`: the ControlNet service's after the
     warm-up (its cache holds one ControlNet)."""
@@ -309,7 +371,8 @@ def derive(probes: dict[str, Probe], steps: int, size: int, pod_start: float, cn
     return {
         "source": (f"measured by `swiftdiffusion profile` on {datetime.date.today().isoformat()}: the runtime's "
                    f"services on this machine, one intra-op thread each, {size} px, {steps} steps, medians of "
-                   f"{len(plain.samples)} interleaved rounds (each with a backlog of {QUEUE_DEPTH} clients), "
+                   f"{len(plain.samples)} interleaved rounds (each with a backlog of {QUEUE_DEPTH} clients; "
+                   f"the services answering {traffic.describe()}), "
                    f"from the replies' phase timings and the services' "
                    f"/metrics (ControlNet loads from the rounds' misses: the service's cache holds one ControlNet); "
                    f"latent_parallel_speedup is not measured (it needs a second device: see "
