@@ -10,7 +10,9 @@ a model right for them would be wrong for the others. Runs 64-67, 69 and 71: tho
 61-72 with nine profile rounds that held against the canary's median over the profile
 (their `baseline`; runs 64-66 ran against `step_baseline`, also kept); runs 68, 70 and 72
 missed. Runs 80 and 82: the `make calibrate` runs after the callers' resolution joined the
-model (and the replays' counters were counted from their start); both held.
+model (and the replays' counters were counted from their start); both held. From run 83 (the
+profile's services answering the pods' scrapes and probes) every `make calibrate` run is
+kept, held or missed, so the runs here are not chosen by the model of their day.
 """
 from __future__ import annotations
 
@@ -21,13 +23,19 @@ import pytest
 from tests.fleet.recording import Recording
 
 RECORDED = sorted((Path(__file__).parent / "recorded").iterdir())
-# A bound a run has missed since a change to the model, kept with the reason in docs/planner.md
-# (Calibrating, "A new ControlNet pod waits for its callers"), not dropped: the run fails here
-# if it misses anything else, or comes back within this bound.
+# A bound a run missed when it ran or has missed since a change to the model, with the reason
+# in docs/planner.md (Calibrating), not dropped: the run fails here if it misses anything else,
+# or comes back within this bound.
 KNOWN_MISSES = {
     # the callers' resolution at each connection age: the fleet's hit rate is 2.5 of the
     # simulation seeds' standard deviations below their mean; 2.5 points above it before
     "run-52": "cache hits +",
+    # "What a pod answers beside its requests": a profile whose step read fast against the canary
+    "run-83": "p50 -",
+    "run-85": "p95 -",
+    # ... and a p50 between the quiet requests and the queued ones, which the simulation's
+    # seeds put anywhere from 2.1 to 6.3 s (the fleet: 6.0 s)
+    "run-86": "p50 -",
 }
 
 
