@@ -31,8 +31,8 @@ started slowly under the second burst or a queue the profile read low. Replayed 
 minutes apart (`make calibrate-repeat`, runs 73-78), the fleet missed the bounds against its
 own first replay in all six pairs (p50 -42% to +42%, mostly the VM's speed), the simulator
 at the canary's speed in four of the twelve replays. With the profile's services answering
-the pods' scrapes and probes (runs 83-86), one of four held; all four leaned low, as most
-misses since run 50 have.
+the pods' scrapes and probes (runs 83-86 and 88), two of five held; the three misses
+leaned low, as most misses since run 50 have.
 """
 from __future__ import annotations
 
