@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -126,7 +127,7 @@ class Prepared:
     def replay(self, cluster: Cluster) -> calibration.FleetRun:
         return calibration.replay(self.target, self.requests, cluster, self.pools, self.pools[1])
 
-    @property
+    @functools.cached_property
     def step_baseline(self) -> float | None:
         """The canary's reading at the profile's plain steps (the baseline of runs 61-66)."""
         return self.speed.reading_at(self.measured.base_steps())

@@ -1,6 +1,6 @@
 """The simulator against fleets that ran: calibration runs kept with their files
 (`recording.py`), simulated again at the canary's speed, each within every bound of issue 13
-it met when it ran but one (`KNOWN_MISSES`). A change to the model (the scaling rule, the
+but the one `KNOWN_MISSES` names for it (five runs). A change to the model (the scaling rule, the
 cache, the balancing, the service times) that moves one of them out is seen here in
 seconds, where the live calibration (`make calibrate`) takes minutes and the fleet.
 
