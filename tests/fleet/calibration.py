@@ -22,7 +22,9 @@ from typing import Any
 
 import grpc
 
-from swiftdiffusion.planner import report
+from swiftdiffusion.operator import model as m
+from swiftdiffusion.planner import report, service
+from swiftdiffusion.planner.profile import Profile
 from swiftdiffusion.planner.simulate import Result
 from swiftdiffusion.planner.trace import Request
 from swiftdiffusion.runtime import metric_names
@@ -53,17 +55,24 @@ def busy_cores(seconds: float = 10.0) -> float:
     return (busy1 - busy0) / (total1 - total0) * len(os.sched_getaffinity(0))
 
 
-def trace(workflow: str, capacity: float, seed: int = 0, steps: int = 8, size: int = 64) -> list[Request]:
+def trace(workflow: str, capacity: float, seed: int = 0, steps: int = 8, size: int = 64,
+          segments: Sequence[tuple[float, float, float]] = SEGMENTS) -> list[Request]:
     """Poisson arrivals per segment at `capacity` requests per second times the segment's
     load; each request uses none, one or both ControlNets."""
     rng = random.Random(seed)
     requests = []
-    for start, end, load in SEGMENTS:
+    for start, end, load in segments:
         t = start + rng.expovariate(load * capacity)
         while t < end:
             requests.append(Request(t, workflow, rng.choice(CONTROLNET_CHOICES), (), steps, size, size))
             t += rng.expovariate(load * capacity)
     return requests
+
+
+def capacity(prof: Profile, workflow: m.Workflow, steps: int = 8, size: int = 64) -> float:
+    """Requests per second one replica serves of the trace's mix, by the profile."""
+    mix = [service.request_work(workflow, r) for r in trace(workflow.name, 1.0, steps=steps, size=size)]
+    return len(mix) / sum(service.decoupled(prof, work).seconds for work in mix)
 
 
 @dataclass

@@ -38,6 +38,16 @@ def save(folder: Path, run: FleetRun, prof: Profile, readings: Readings, baselin
                                                                          strict=True))}))
 
 
+def simulate_seeds(plan: planner_fleet.Fleet, wfs: Sequence[m.Workflow], prof: Profile,
+                   requests: Sequence[trace.Request], *, first_sync: float | None,
+                   slowdown: Callable[[float], float] | None) -> list[Result]:
+    """Over the phases no plan knows: each seed's round-robin starts, and scrapes spread over
+    the interval; each replica its own device."""
+    return [Simulation(plan, wfs, prof, first_sync=first_sync, slowdown=slowdown, seed=seed,
+                       scrape_phase=(plan.scrape_interval or 0.0) * seed / SEEDS).run(requests)
+            for seed in range(SEEDS)]
+
+
 @dataclass(frozen=True)
 class Recording:
     run: FleetRun
@@ -76,12 +86,12 @@ class Recording:
         """The canary's speed at each second of the trace against the profile's."""
         return self.readings.slowdown(self.baseline, self.run.started_at)
 
-    def simulate(self, slowdown: Callable[[float], float] | None) -> list[Result]:
-        """Over the phases no plan knows: each seed's round-robin starts, and scrapes spread over
-        the interval; each replica its own device."""
-        return [Simulation(self.plan, self.workflows, self.profile, first_sync=self.first_sync, slowdown=slowdown,
-                           seed=seed, scrape_phase=self.plan.scrape_interval * seed / SEEDS).run(self.requests)
-                for seed in range(SEEDS)]
+    def simulate(self, slowdown: Callable[[float], float] | None, *, profile: Profile | None = None,
+                 plan: planner_fleet.Fleet | None = None) -> list[Result]:
+        """`profile` and `plan`: a model other than the recorded profile and the operator's pools
+        (the default), to see whether the run tells it apart."""
+        return simulate_seeds(plan or self.plan, self.workflows, profile or self.profile, self.requests,
+                              first_sync=self.first_sync, slowdown=slowdown)
 
     def compare(self, results: Sequence[Result]) -> Comparison:
         return compare(self.run, results, SEGMENTS[-1][1])

@@ -55,7 +55,7 @@ import yaml
 
 from swiftdiffusion.operator import render
 from swiftdiffusion.operator.local_process import LocalOperator
-from swiftdiffusion.planner import profile, service, trace, workflows
+from swiftdiffusion.planner import profile, trace, workflows
 from swiftdiffusion.runtime.dev import service_profile
 from swiftdiffusion.runtime.dev.local_stack import Launcher
 from tests.fleet import calibration, canary, recording
@@ -167,8 +167,7 @@ def prepared(fleet: TestBed, cluster: Cluster, model_set: Path, folder: Path) ->
         prof = local.model_copy(update={"pod_start_seconds": statistics.mean(first)})
         # The simulator reads what a user would give it: the workflow file and the trace file.
         wfs = workflows.load([write_workflow(folder, body)])
-        mix = [service.request_work(wf, r) for wf in wfs for r in calibration.trace(name, 1.0, steps=STEPS, size=SIZE)]
-        capacity = len(mix) / sum(service.decoupled(prof, work).seconds for work in mix)
+        capacity = calibration.capacity(prof, wfs[0], steps=STEPS, size=SIZE)
         yield Prepared(speed, measured, baseline, prof, local.pod_start_seconds, (base, cn),
                        calibration.trace(name, capacity, steps=STEPS, size=SIZE),
                        service_target(fleet, cluster.namespace, base))

@@ -1,6 +1,6 @@
 """The simulator against fleets that ran: calibration runs kept with their files
 (`recording.py`), simulated again at the canary's speed, each within every bound of issue 13
-but the one `KNOWN_MISSES` names for it (five runs). A change to the model (the scaling rule, the
+but the one `KNOWN_MISSES` names for it (six runs). A change to the model (the scaling rule, the
 cache, the balancing, the service times) that moves one of them out is seen here in
 seconds, where the live calibration (`make calibrate`) takes minutes and the fleet.
 
@@ -17,10 +17,12 @@ the runs here are not chosen by the model of their day.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
+from tests.fleet.models import WRONG_MODELS
 from tests.fleet.recording import Recording
 
 RECORDED = sorted((Path(__file__).parent / "recorded").iterdir())
@@ -40,14 +42,37 @@ KNOWN_MISSES = {
     # the second replay of `make calibrate-repeat`: the fleet's own hit rate moved 7.1 points
     # from the first replay (36.5%, which the simulation met within 1.8) to this one
     "run-87b": "cache hits -",
+    # "What a calibration can tell": the first burst's requests 12-55% slower than simulated
+    # before any queue, its plain steps on the canary's pace (x1.015); replicas equal at every mark
+    "run-89": "p50 -",
 }
+
+
+@functools.cache
+def recording(folder: Path) -> Recording:
+    return Recording.load(folder)
+
+
+def unexpected(folder: Path, misses: list[str]) -> list[str]:
+    """The bounds a run misses beyond the one it is known to miss."""
+    known = KNOWN_MISSES.get(folder.name)
+    return [m for m in misses if known is None or not m.startswith(known)]
 
 
 @pytest.mark.parametrize("folder", RECORDED, ids=lambda p: p.name)
 def test_a_recorded_fleet_run_is_simulated_within_every_bound(folder: Path) -> None:
-    recorded = Recording.load(folder)
+    recorded = recording(folder)
     outcome = recorded.compare(recorded.simulate(recorded.slowdown()))
     assert max(real for _, real, _ in outcome.replicas[recorded.base_pool]) > 1, "the burst scaled the base pool"
-    misses, known = outcome.misses(), KNOWN_MISSES.get(folder.name)
-    assert [m for m in misses if known is None or not m.startswith(known)] == [], "\n".join(outcome.lines())
-    assert known is None or any(m.startswith(known) for m in misses), f"{folder.name} is back within {known!r}"
+    known = KNOWN_MISSES.get(folder.name)
+    assert unexpected(folder, outcome.misses()) == [], "\n".join(outcome.lines())
+    assert known is None or any(m.startswith(known) for m in outcome.misses()), f"{folder.name} is back within {known!r}"
+
+
+@pytest.mark.parametrize("wrong", WRONG_MODELS)
+def test_the_recorded_runs_refuse_a_model_wrong_in_one_part(wrong: str) -> None:
+    """The check above can fail: a third of the runs at least miss a bound they hold under ours."""
+    model = WRONG_MODELS[wrong]
+    refused = [folder.name for folder in RECORDED
+               if unexpected(folder, recording(folder).compare(model.simulate(recording(folder))).misses())]
+    assert 3 * len(refused) >= len(RECORDED), f"{wrong}: only {refused} refuse it"
