@@ -55,7 +55,8 @@ class Spread:
                 request = min(recorded.requests, key=lambda r: abs(r.arrival - arrival))
                 if not request.controlnets:
                     queued = prof.queued_slowdown if phases["queue"] > 0.01 else 1.0
-                    ratios.append(phases["denoise"] / request.steps / (prof.base_step_seconds * slowdown(arrival) * queued))
+                    expected = prof.base_step_seconds * slowdown(arrival) * queued
+                    ratios.append(phases["denoise"] / request.steps / expected)
             pace = statistics.median(ratios)
             requests += [r / pace for r in ratios]
             paces.append(pace)
@@ -63,7 +64,8 @@ class Spread:
         return cls(requests, [p / middle for p in paces])
 
 
-def fleet_draw(recorded: Recording, requests: list[Request], spread: Spread, draw: int) -> tuple[calibration.FleetRun, float]:
+def fleet_draw(recorded: Recording, requests: list[Request], spread: Spread,
+               draw: int) -> tuple[calibration.FleetRun, float]:
     """One run of a fleet that serves as our model says, but for the spread; and its first HPA sync."""
     rng = random.Random(draw)
     pace, first_sync = rng.choice(spread.runs), rng.uniform(0.0, recorded.plan.sync_period)
@@ -77,7 +79,8 @@ def as_fleet_run(result: Result) -> calibration.FleetRun:
     return calibration.FleetRun(
         latencies=[(o.arrival, o.latency) for o in result.outcomes or []],
         replicas={name: list(pool.timeline) for name, pool in result.pools.items()},
-        lookups={name: (float(hits), float(result.cache_lookups[name] - hits)) for name, hits in result.cache_hits.items()})
+        lookups={name: (float(hits), float(result.cache_lookups[name] - hits))
+                 for name, hits in result.cache_hits.items()})
 
 
 def held(recorded: Recording, segments: Sequence[tuple[float, float, float]], models: dict[str, Model],
