@@ -25,9 +25,8 @@ from swiftdiffusion.planner.simulate import Result, Simulation
 from swiftdiffusion.planner.trace import Request
 from tests.fleet import calibration
 from tests.fleet.models import OURS, WRONG_MODELS, Model
-from tests.fleet.recording import Recording, simulate_seeds
+from tests.fleet.recording import RECORDED, Recording, simulate_seeds
 
-RECORDED = Path(__file__).parent / "recorded"
 # The calibration's own trace, and bursts as many requests strong but shorter and sharper:
 # a queue three times the service rate amplifies a speed error less (rho / (rho - 1): 1.5
 # against 4.3), but ends before a new replica serves, so the pod start counts for less.
@@ -108,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=None, help="the recorded run whose profile and workflow to use "
                                                                 "(default: the latest)")
     args = parser.parse_args(argv)
-    recordings = [Recording.load(folder) for folder in sorted(RECORDED.iterdir())]
+    recordings = [Recording.load(folder) for folder in RECORDED]
     spread = Spread.measured(recordings)
     recorded = Recording.load(args.run) if args.run else recordings[-1]
     print(f"a request's step around its run's: quartiles {statistics.quantiles(spread.requests, n=4)}; "

@@ -24,6 +24,7 @@ from tests.testbed import components
 from tests.testbed.fleet import prometheus
 
 SEEDS = 16  # simulations of the trace, each with its own round-robin starts and scrape phase
+RECORDED = sorted((Path(__file__).parent / "recorded").iterdir())  # the kept runs' folders, by name
 
 
 def save(folder: Path, run: FleetRun, prof: Profile, readings: Readings, baseline: float,
