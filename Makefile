@@ -57,7 +57,7 @@ fleet-down:
 	SWIFTDIFFUSION_TESTBED_DIR=$(FLEET_DIR) $(PY) -m tests.testbed.cli down
 
 # The planner against the fleet (issue 13): a trace with a burst replayed on autoscaled runtime
-# pods and through the simulator; prints the comparison (docs/planner.md, Calibrating).
+# pods and through the simulator; prints the comparison (docs/planner.md, Calibrating; every run: docs/calibration.md).
 calibrate: venv testbed prometheus
 	$(PY) -m pytest -m calibration -k "not against_itself" -s $(PYTEST_ARGS)
 

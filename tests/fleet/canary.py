@@ -4,7 +4,7 @@ warm-up) every `interval` seconds and prints `[wall clock, seconds]` lines.
 
 Run in a cgroup with the pods' CPU limit, it reads the speed a pod gets from this machine at
 each moment. That speed drifts: the same step takes up to 25% longer from one minute to the
-next on this VM, with other pods starting or not (docs/planner.md, Calibrating). A fleet
+next on this VM, with other pods starting or not (docs/calibration.md). A fleet
 model cannot know that; the calibration hands the simulator the measured speed, so that what
 it checks is the model of the fleet.
 """

@@ -1,6 +1,6 @@
 """Models of the fleet with one part wrong, by a margin that would mislead a plan: what a
 calibration should refuse. The recorded runs refuse each (`test_recorded_calibration.py`);
-`power.py` asks how often one live run would (docs/planner.md, "What a calibration can tell").
+`power.py` asks how often one live run would (docs/calibration.md, "What a calibration can tell").
 """
 from __future__ import annotations
 

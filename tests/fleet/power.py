@@ -9,7 +9,7 @@ the spread of those medians from run to run (what the canary and the profile tog
 foresee), and the HPA's and Prometheus's phases at random. Each draw is held against the
 test's own prediction (its sixteen seeds) by a model: ours, or one wrong in one part
 (`models.py`). A right model's share of held draws is the most a live run can show on this
-machine; a wrong one's is how often one run lets it pass (docs/planner.md, "What a
+machine; a wrong one's is how often one run lets it pass (docs/calibration.md, "What a
 calibration can tell").
 """
 from __future__ import annotations

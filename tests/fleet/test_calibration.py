@@ -18,7 +18,7 @@ and scrape phases; the HPA's phase is taken from the fleet's first scaling.
 Checked (`make calibrate`; not part of `make test`, whose warm run it would take past 10
 minutes): the replica timelines within one replica at every half minute, the ControlNet
 cache hit rate within 5 points of the simulations' mean, and p50 and p95 latency within 20%
-at the canary's speed. With two bursts (runs 40-49, docs/planner.md, Calibrating) all of it
+at the canary's speed. With two bursts (runs 40-49, docs/calibration.md) all of it
 held in nine of ten runs; the other was off on latency and the cache, with a profile whose
 `queued_slowdown` read 1.31 where the fleet's own queued pace was 1.09. With the profile's
 queue measured right after its requests alone (runs 50-60) eight of eleven held; two others
@@ -69,10 +69,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.calibration]
 
 STEPS, SIZE = 8, 64
 # Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
-# other to the test bed's daemons and the load client (docs/planner.md, Calibrating: runs 6-10).
+# other to the test bed's daemons and the load client (docs/calibration.md: runs 6-10).
 CPU_LIMIT = 0.2
 # The profile's rounds: from run 64, nine (five before), each about 40 s. The calibration's error
-# sits in the profile's step and queue against the VM's speed (docs/planner.md, Calibrating).
+# sits in the profile's step and queue against the VM's speed (docs/calibration.md).
 REPEATS = 9
 
 

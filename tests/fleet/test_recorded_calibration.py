@@ -4,7 +4,7 @@ but the one `KNOWN_MISSES` names for it (six runs). A change to the model (the s
 cache, the balancing, the service times) that moves one of them out is seen here in
 seconds, where the live calibration (`make calibrate`) takes minutes and the fleet.
 
-Runs 51-57 and 59 of docs/planner.md, Calibrating: all of that series' runs but 50 and 58,
+Runs 51-57 and 59 of docs/calibration.md: all of that series' runs but 50 and 58,
 which missed p50 and p95 when they ran (their profiles' step off against the VM's speed);
 a model right for them would be wrong for the others. Runs 64-67, 69 and 71: those of runs
 61-72 with nine profile rounds that held against the canary's median over the profile
@@ -26,7 +26,7 @@ from tests.fleet.models import WRONG_MODELS
 from tests.fleet.recording import RECORDED, Recording
 
 # A bound a run missed when it ran or has missed since a change to the model, with the reason
-# in docs/planner.md (Calibrating), not dropped: the run fails here if it misses anything else,
+# in docs/calibration.md, not dropped: the run fails here if it misses anything else,
 # or comes back within this bound.
 KNOWN_MISSES = {
     # the callers' resolution at each connection age: the fleet's hit rate is 2.5 of the

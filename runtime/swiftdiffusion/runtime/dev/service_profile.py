@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (the profile's reference)")
     parser.add_argument("--steps", type=int, default=8)
     # Five: one round's queue against its requests alone swings by +-13% on a VM whose speed
-    # drifts (docs/planner.md, Calibrating), and `queued_slowdown` moves latency most.
+    # drifts (docs/calibration.md), and `queued_slowdown` moves latency most.
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (the median is kept)")
     parser.add_argument("--scrape-seconds", type=float, default=CHART_SCRAPE_SECONDS,
                         help="Prometheus's scrape interval for the pods, which the services answer while measured "
@@ -241,7 +241,7 @@ def _control_image(size: int, variant: int) -> bytes:
 @dataclass
 class Measurement:
     """What the rounds measured. The samples keep their moments, so that a caller can set them
-    against another clock of the machine's speed (the calibration's canary: docs/planner.md)."""
+    against another clock of the machine's speed (the calibration's canary: docs/calibration.md)."""
 
     probes: dict[str, Probe]
     backlogs: list[Backlog]
@@ -290,7 +290,7 @@ def measure(models: Path, *, size: int, steps: int, repeats: int, log: Callable[
                     loras=[(n, None) for n in LORAS[:lora]])
 
             # The backlog's requests alone go last in a round, right before its queue: the VM's
-            # speed drifts within a round (docs/planner.md, Calibrating).
+            # speed drifts within a round (docs/calibration.md).
             probes = {f"{n} LoRAs": Probe(stack.base.target, ports, request(0, n)) for n in (1, 2)}
             probes |= {f"{n} ControlNets": Probe(stack.base.target, ports, request(n))
                        for n in sorted(CONTROL_COUNTS, key=lambda n: n in BACKLOG_COUNTS)}
