@@ -32,6 +32,9 @@ from swiftdiffusion.runtime.client import generate, generate_request
 from tests.fleet.traffic import PNG, control_image, is_ready, pod_samples, ready_since, seconds_between
 from tests.reconcile.fixtures import Cluster
 
+# Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
+# other to the test bed's daemons and the load client (docs/calibration.md: runs 6-10).
+CPU_LIMIT = 0.2
 # (start, end, load): quiet, a burst the minimum cannot serve, quiet again, twice; load in units
 # of one replica's capacity on this machine (what the profile says it serves per second), so the
 # burst overloads one replica on a fast machine and a slow one alike. The second burst doubles

@@ -60,11 +60,12 @@ class ProcessSpread:
 
 
 def measure(services: int, rounds: int) -> list[list[float]]:
-    """Each round's median plain step per service, the services in 0.2-core cgroups as pods."""
+    """Each round's median plain step per service, the services in cgroups of the calibration's pod limit."""
     from swiftdiffusion.runtime.client import generate, generate_request
     from swiftdiffusion.runtime.config import Defaults
     from swiftdiffusion.runtime.serving.api import base_pb2
     from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
+    from tests.fleet.calibration import CPU_LIMIT
     from tests.runtime.fixtures import cached_model_set
     from tests.testbed.fleet import cpu
 
@@ -78,7 +79,7 @@ def measure(services: int, rounds: int) -> list[list[float]]:
         with contextlib.ExitStack() as stack:
             targets = []
             for _ in range(services):
-                group = {role: cpu.create(f"spread-{role}-{uuid.uuid4().hex[:8]}", 0.2)
+                group = {role: cpu.create(f"spread-{role}-{uuid.uuid4().hex[:8]}", CPU_LIMIT)
                          for role in ("base", "controlnet")}
                 groups.append(group)
                 options = StackOptions.on_free_ports(models, threads=1, defaults=Defaults(

@@ -68,9 +68,6 @@ from tests.testbed.waiting import eventually
 pytestmark = [pytest.mark.slow, pytest.mark.calibration]
 
 STEPS, SIZE = 8, 64
-# Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
-# other to the test bed's daemons and the load client (docs/calibration.md: runs 6-10).
-CPU_LIMIT = 0.2
 # The profile's rounds: from run 64, nine (five before), each about 40 s. The calibration's error
 # sits in the profile's step and queue against the VM's speed (docs/calibration.md).
 REPEATS = 9
@@ -90,14 +87,15 @@ def calibration_workflow(controlnet_bytes: int) -> dict[str, Any]:
                                              "targetInFlightPerReplica": 2, "scaleDownStabilizationSeconds": 30}
     spec["controlnetPool"]["cacheBytes"] = controlnet_bytes * 3 // 2
     for pool in ("basePool", "controlnetPool"):
-        spec[pool]["resources"] = {"limits": {"cpu": f"{round(CPU_LIMIT * 1000)}m"}}
+        spec[pool]["resources"] = {"limits": {"cpu": f"{round(calibration.CPU_LIMIT * 1000)}m"}}
     return workflow
 
 
 @contextlib.contextmanager
 def limited_services() -> Iterator[Launcher]:
     """Starts each profiled service in a cgroup of its own with the pods' CPU limit."""
-    groups = {role: cpu.create(f"profile-{role}-{uuid.uuid4().hex[:8]}", CPU_LIMIT) for role in ("base", "controlnet")}
+    groups = {role: cpu.create(f"profile-{role}-{uuid.uuid4().hex[:8]}", calibration.CPU_LIMIT)
+              for role in ("base", "controlnet")}
     try:
         yield lambda role, argv: cpu.joining(groups[role], argv)
     finally:
@@ -147,7 +145,7 @@ class Prepared:
 @contextlib.contextmanager
 def prepared(fleet: TestBed, cluster: Cluster, model_set: Path, folder: Path) -> Iterator[Prepared]:
     """The profile, the workflow and the trace, with the canary running until the block ends."""
-    with canary.canary(model_set, CPU_LIMIT) as speed:
+    with canary.canary(model_set, calibration.CPU_LIMIT) as speed:
         profiled_from = time.time()
         with limited_services() as launcher:
             # The services answer what the fleet's pods do: the test bed's scrapes, the rendered probes.
@@ -197,7 +195,7 @@ def test_the_simulator_predicts_the_fleet_under_a_burst(
     plan, first_sync = recorded.plan, recorded.first_sync
     loads, loaded = run.controlnet_loads()
     starts = ", ".join(f"{s:.0f}" for s in sorted(run.pod_starts.values()))
-    most = CPU_LIMIT * sum(p.autoscaling.max_replicas for p in plan.pools.values())
+    most = calibration.CPU_LIMIT * sum(p.autoscaling.max_replicas for p in plan.pools.values())
     speeds = ", ".join(f"{start:.0f}-{end:.0f} s x{calibration.mean_of(slowdown, start, end):.2f}"
                        for start, end, _ in calibration.SEGMENTS)
     print("\n".join(["calibration:", f"cores the test bed leaves free: {free:.2f}, the pods' limits add up to "
