@@ -8,13 +8,15 @@ pod's own /metrics, once a second, counted from the replay's start.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import random
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,10 @@ from swiftdiffusion.planner.simulate import Result
 from swiftdiffusion.planner.trace import Request
 from swiftdiffusion.runtime import metric_names
 from swiftdiffusion.runtime.client import generate, generate_request
+from swiftdiffusion.runtime.dev.local_stack import Launcher
 from tests.fleet.traffic import PNG, control_image, is_ready, pod_samples, ready_since, seconds_between
 from tests.reconcile.fixtures import Cluster
+from tests.testbed.fleet import cpu
 
 # Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
 # other to the test bed's daemons and the load client (docs/calibration.md: runs 6-10).
@@ -56,6 +60,19 @@ def busy_cores(seconds: float = 10.0) -> float:
     time.sleep(seconds)
     busy1, total1 = sample()
     return (busy1 - busy0) / (total1 - total0) * len(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def limited_services() -> Iterator[Launcher]:
+    """Starts each service of a local stack (base, ControlNet) in a cgroup of its own with the
+    pods' CPU limit, as the pods run."""
+    groups = {role: cpu.create(f"profile-{role}-{uuid.uuid4().hex[:8]}", CPU_LIMIT)
+              for role in ("base", "controlnet")}
+    try:
+        yield lambda role, argv: cpu.joining(groups[role], argv)
+    finally:
+        for procs in groups.values():
+            cpu.remove(procs)
 
 
 def trace(workflow: str, capacity: float, seed: int = 0, steps: int = 8, size: int = 64,

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import statistics
 import tempfile
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,52 +59,41 @@ class ProcessSpread:
 
 
 def measure(services: int, rounds: int) -> list[list[float]]:
-    """Each round's median plain step per service, the services in cgroups of the calibration's pod limit."""
+    """Each round's median plain step per service, each service in cgroups of the pods' limit."""
     from swiftdiffusion.runtime.client import generate, generate_request
     from swiftdiffusion.runtime.config import Defaults
     from swiftdiffusion.runtime.serving.api import base_pb2
     from swiftdiffusion.runtime.dev.local_stack import StackOptions, local_stack
-    from tests.fleet.calibration import CPU_LIMIT
+    from tests.fleet.calibration import limited_services
     from tests.runtime.fixtures import cached_model_set
-    from tests.testbed.fleet import cpu
 
     models = cached_model_set("tiny")
 
     def request(seed: int) -> base_pb2.GenerateRequest:
         return generate_request("a red cube", seed=seed, steps=STEPS, width=SIZE, height=SIZE, guidance_scale=5.0)
 
-    groups = []
-    try:
-        with contextlib.ExitStack() as stack:
-            targets = []
-            for _ in range(services):
-                group = {role: cpu.create(f"spread-{role}-{uuid.uuid4().hex[:8]}", CPU_LIMIT)
-                         for role in ("base", "controlnet")}
-                groups.append(group)
-                options = StackOptions.on_free_ports(models, threads=1, defaults=Defaults(
-                    steps=STEPS, guidance_scale=5.0, width=SIZE, height=SIZE))
-                folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                started = stack.enter_context(local_stack(
-                    options, folder, launcher=lambda role, argv, group=group: cpu.joining(group[role], argv)))
-                targets.append(started.base.target)
-            for target in targets:
-                generate(target, request(0), timeout=300)  # a first request is not the process's speed
-            out = []
-            for r in range(rounds):
-                order = [(i + r) % services for i in range(services)]
-                if r % 2:
-                    order.reverse()
-                steps: list[list[float]] = [[] for _ in targets]
-                for k in range(REQUESTS_PER_TURN):
-                    for i in order:
-                        steps[i].append(generate(targets[i], request(10 + k), timeout=300).timings["denoise"] / STEPS)
-                out.append([statistics.median(s) for s in steps])
-                print(f"round {r}: " + ", ".join(f"{s:.4f}" for s in out[-1]), flush=True)
-            return out
-    finally:
-        for group in groups:
-            for path in group.values():
-                cpu.remove(path)
+    with contextlib.ExitStack() as stack:
+        targets = []
+        for _ in range(services):
+            options = StackOptions.on_free_ports(models, threads=1, defaults=Defaults(
+                steps=STEPS, guidance_scale=5.0, width=SIZE, height=SIZE))
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            launcher = stack.enter_context(limited_services())
+            targets.append(stack.enter_context(local_stack(options, folder, launcher=launcher)).base.target)
+        for target in targets:
+            generate(target, request(0), timeout=300)  # a first request is not the process's speed
+        out = []
+        for r in range(rounds):
+            order = [(i + r) % services for i in range(services)]
+            if r % 2:
+                order.reverse()
+            steps: list[list[float]] = [[] for _ in targets]
+            for k in range(REQUESTS_PER_TURN):
+                for i in order:
+                    steps[i].append(generate(targets[i], request(10 + k), timeout=300).timings["denoise"] / STEPS)
+            out.append([statistics.median(s) for s in steps])
+            print(f"round {r}: " + ", ".join(f"{s:.4f}" for s in out[-1]), flush=True)
+        return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:

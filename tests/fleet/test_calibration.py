@@ -45,7 +45,6 @@ import os
 import shutil
 import statistics
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,12 +56,11 @@ from swiftdiffusion.operator import render
 from swiftdiffusion.operator.local_process import LocalOperator
 from swiftdiffusion.planner import profile, trace, workflows
 from swiftdiffusion.runtime.dev import service_profile
-from swiftdiffusion.runtime.dev.local_stack import Launcher
 from tests.fleet import calibration, canary, recording
 from tests.fleet.traffic import ready_pods, service_target
 from tests.reconcile.fixtures import Cluster
 from tests.testbed.cluster import TestBed
-from tests.testbed.fleet import cpu, model_store, prometheus
+from tests.testbed.fleet import model_store, prometheus
 from tests.testbed.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.calibration]
@@ -89,18 +87,6 @@ def calibration_workflow(controlnet_bytes: int) -> dict[str, Any]:
     for pool in ("basePool", "controlnetPool"):
         spec[pool]["resources"] = {"limits": {"cpu": f"{round(calibration.CPU_LIMIT * 1000)}m"}}
     return workflow
-
-
-@contextlib.contextmanager
-def limited_services() -> Iterator[Launcher]:
-    """Starts each profiled service in a cgroup of its own with the pods' CPU limit."""
-    groups = {role: cpu.create(f"profile-{role}-{uuid.uuid4().hex[:8]}", calibration.CPU_LIMIT)
-              for role in ("base", "controlnet")}
-    try:
-        yield lambda role, argv: cpu.joining(groups[role], argv)
-    finally:
-        for procs in groups.values():
-            cpu.remove(procs)
 
 
 def write_workflow(folder: Path, body: dict[str, Any]) -> Path:
@@ -147,7 +133,7 @@ def prepared(fleet: TestBed, cluster: Cluster, model_set: Path, folder: Path) ->
     """The profile, the workflow and the trace, with the canary running until the block ends."""
     with canary.canary(model_set, calibration.CPU_LIMIT) as speed:
         profiled_from = time.time()
-        with limited_services() as launcher:
+        with calibration.limited_services() as launcher:
             # The services answer what the fleet's pods do: the test bed's scrapes, the rendered probes.
             measured = service_profile.measure(model_set, size=SIZE, steps=STEPS, repeats=REPEATS, launcher=launcher,
                                                traffic=service_profile.PodTraffic(prometheus.SCRAPE_SECONDS))
