@@ -93,8 +93,10 @@ def main(model_set: Path, interval: float) -> None:
 
     from swiftdiffusion.runtime.pipeline.base_model import BaseModel
     from swiftdiffusion.runtime.pipeline.engine import BaseEngine
+    from swiftdiffusion.runtime.serving.process import keep_freed_memory
 
     torch.set_num_threads(1)  # as a pod with a fraction of a core runs
+    keep_freed_memory()  # and as it allocates
     engine = BaseEngine(BaseModel.load(str(model_set / "base"), None, "float32", str(model_set), "cpu"))
     engine.warm_up(guidance_scale=5.0)  # the first call's set-up is not the machine's speed
     while True:
