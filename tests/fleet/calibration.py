@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from swiftdiffusion.operator import kube
 from swiftdiffusion.operator import model as m
 from swiftdiffusion.planner import report, service
 from swiftdiffusion.planner.profile import Profile
@@ -35,6 +36,7 @@ from swiftdiffusion.runtime.dev.local_stack import Launcher
 from tests.fleet.traffic import PNG, control_image, is_ready, pod_samples, ready_since, seconds_between
 from tests.reconcile.fixtures import Cluster
 from tests.testbed.fleet import cpu
+from tests.testbed.waiting import eventually
 
 # Cores per pod: 5 pods at most (3 base, 2 ControlNet) keep 1 of the 2 cores busy and leave the
 # other to the test bed's daemons and the load client (docs/calibration.md: runs 6-10).
@@ -128,6 +130,37 @@ class FleetRun:
 def pod_start(pod: dict[str, Any]) -> float:
     """Created -> Ready, seconds."""
     return seconds_between(pod["metadata"]["creationTimestamp"], ready_since(pod))
+
+
+def scale_out_pod_starts(cluster: Cluster, pools: Sequence[str], timeout: float = 180) -> list[float]:
+    """Created -> Ready of one pod of each pool's template, created together as a scale-out
+    creates them, outside the pools (no Service or ReplicaSet selects them), then deleted.
+
+    This is the pod start a burst's new replicas see. On this VM a pod that starts a minute
+    or more after the last process freed its memory takes 20-40% longer than one that starts
+    right after (its pages come back from the host one fault at a time: docs/calibration.md,
+    session 21); the workflow's first pods start right after the profile's services stop,
+    a burst's pods a minute or more after anything.
+    """
+    path = f"/api/v1/namespaces/{cluster.namespace}/pods"
+    names = []
+    for pool in pools:
+        template = (cluster.get("apps/v1", "Deployment", pool) or {})["spec"]["template"]
+        names.append(f"{pool}-scale-out-probe")
+        kube.request(cluster.api, "POST", path, body={
+            "apiVersion": "v1", "kind": "Pod", "spec": template["spec"],
+            "metadata": {"name": names[-1], "labels": {"swiftdiffusion.io/calibration-probe": pool}}})
+
+    def ready() -> list[dict[str, Any]] | None:
+        pods = [kube.request(cluster.api, "GET", f"{path}/{name}") for name in names]
+        return pods if all(is_ready(pod) for pod in pods) else None
+
+    try:
+        return [pod_start(pod) for pod in eventually(ready, timeout=timeout, interval=0.5)]
+    finally:
+        for name in names:
+            kube.request(cluster.api, "DELETE", f"{path}/{name}", body={"gracePeriodSeconds": 0})
+        eventually(lambda: not cluster.list("v1", "pods", "swiftdiffusion.io/calibration-probe"), timeout=60)
 
 
 PodCounters = tuple[tuple[float, float], tuple[float, float]]  # (hits, misses), (loads, their seconds)

@@ -1,7 +1,8 @@
 """The operator's pools run for real on the fleet: every example serves through its Service
 name, ControlNet sessions spread over the pool and follow it as it scales, rolling
 updates and scale-downs lose no request, and broken pods end in a state that says why (a
-model store that cannot be mounted included).
+model store that cannot be mounted included), and a pool's pod can be timed outside its pool
+(the calibration's scale-out).
 
 Clients resolve names through the fleet's CoreDNS (`dns://<cluster DNS>/…`), reach a base
 pool's ClusterIP through the fleet's service proxy, and base pods reach their ControlNet
@@ -20,6 +21,7 @@ from swiftdiffusion.operator import kube, render
 from swiftdiffusion.operator.local_process import LocalOperator
 from swiftdiffusion.runtime.client import generate
 from swiftdiffusion.runtime.config import RuntimeConfig
+from tests.fleet import calibration
 from tests.fleet.traffic import (
     PNG,
     Load,
@@ -181,3 +183,21 @@ def test_a_model_store_that_cannot_be_mounted_is_named(fleet: TestBed, fleet_clu
                 and e["reason"] == "VolumeMountFailed" and e["type"] == "Warning"]
     finally:
         fleet.api().request("DELETE", f"/api/v1/persistentvolumes/{volume}")
+
+
+def test_a_scale_out_probe_times_a_pool_pod_outside_the_pool(fleet_cluster: Cluster,
+                                                               fleet_operator: LocalOperator) -> None:
+    """The calibration's pod start (`calibration.scale_out_pod_starts`): one pod of each pool's
+    template, timed created -> Ready and deleted, while the pools keep their own pods."""
+    workflow = next(w for w in model_store.example_workflows() if w["metadata"]["name"] == "sdxl-canny-depth")
+    workflow["spec"]["basePool"]["replicas"] = 1
+    fleet_cluster.apply_workflow(workflow)
+    fleet_cluster.wait_ready("sdxl-canny-depth", timeout=240)
+    pools = (render.base_pool_name("sdxl-canny-depth"), render.dedicated_controlnet_pool_name("sdxl-canny-depth"))
+    before = {pool: fleet_cluster.pods(pool) for pool in pools}
+    starts = calibration.scale_out_pod_starts(fleet_cluster, pools)
+    first = statistics.mean(calibration.pod_start(pod) for pods in before.values() for pod in pods)
+    assert len(starts) == 2 and 0.5 < statistics.mean(starts) / first < 2, (starts, first)
+    assert {pool: [p["metadata"]["name"] for p in fleet_cluster.pods(pool)] for pool in pools} == \
+        {pool: [p["metadata"]["name"] for p in pods] for pool, pods in before.items()}
+    assert fleet_cluster.list("v1", "pods", "swiftdiffusion.io/calibration-probe") == []
