@@ -25,7 +25,7 @@ TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: in effect, never trim
 def keep_freed_memory() -> bool:
     """Keeps the memory a request frees for the next one. By default glibc hands a freed block
     of 128 KiB or more back to the kernel, so a request faults its tensors' pages in afresh:
-    130-1,100 faults for an 8-step 64 px request on this project's test machine, a VM whose host
+    up to 1,100 faults for an 8-step 64 px request on this project's test machine, a VM whose host
     takes free guest memory back (a fault then costs up to 9 us). Kept: 0-6 once a worker thread's
     heap has grown, and 0.2-core services served 2.8% faster, interleaved (docs/runtime.md).
     Blocks over 32 MiB are still mapped and unmapped. False where the C library is not glibc,
