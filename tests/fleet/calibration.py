@@ -132,6 +132,9 @@ def pod_start(pod: dict[str, Any]) -> float:
     return seconds_between(pod["metadata"]["creationTimestamp"], ready_since(pod))
 
 
+PROBE_LABEL = "swiftdiffusion.io/calibration-probe"  # the scale-out's pods, outside every pool
+
+
 def scale_out_pod_starts(cluster: Cluster, pools: Sequence[str], timeout: float = 180) -> list[float]:
     """Created -> Ready of one pod of each pool's template, created together as a scale-out
     creates them, outside the pools (no Service or ReplicaSet selects them), then deleted.
@@ -143,24 +146,22 @@ def scale_out_pod_starts(cluster: Cluster, pools: Sequence[str], timeout: float 
     a burst's pods a minute or more after anything.
     """
     path = f"/api/v1/namespaces/{cluster.namespace}/pods"
-    names = []
     for pool in pools:
         template = (cluster.get("apps/v1", "Deployment", pool) or {})["spec"]["template"]
-        names.append(f"{pool}-scale-out-probe")
         kube.request(cluster.api, "POST", path, body={
             "apiVersion": "v1", "kind": "Pod", "spec": template["spec"],
-            "metadata": {"name": names[-1], "labels": {"swiftdiffusion.io/calibration-probe": pool}}})
+            "metadata": {"name": f"{pool}-scale-out-probe", "labels": {PROBE_LABEL: pool}}})
 
     def ready() -> list[dict[str, Any]] | None:
-        pods = [kube.request(cluster.api, "GET", f"{path}/{name}") for name in names]
-        return pods if all(is_ready(pod) for pod in pods) else None
+        pods = cluster.list("v1", "pods", PROBE_LABEL)
+        return pods if len(pods) == len(pools) and all(is_ready(pod) for pod in pods) else None
 
     try:
         return [pod_start(pod) for pod in eventually(ready, timeout=timeout, interval=0.5)]
     finally:
-        for name in names:
-            kube.request(cluster.api, "DELETE", f"{path}/{name}", body={"gracePeriodSeconds": 0})
-        eventually(lambda: not cluster.list("v1", "pods", "swiftdiffusion.io/calibration-probe"), timeout=60)
+        for pod in cluster.list("v1", "pods", PROBE_LABEL):
+            kube.request(cluster.api, "DELETE", f"{path}/{pod['metadata']['name']}", body={"gracePeriodSeconds": 0})
+        eventually(lambda: not cluster.list("v1", "pods", PROBE_LABEL), timeout=60)
 
 
 PodCounters = tuple[tuple[float, float], tuple[float, float]]  # (hits, misses), (loads, their seconds)

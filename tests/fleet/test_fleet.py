@@ -200,4 +200,4 @@ def test_a_scale_out_probe_times_a_pool_pod_outside_the_pool(fleet_cluster: Clus
     assert len(starts) == 2 and 0.5 < statistics.mean(starts) / first < 2, (starts, first)
     assert {pool: [p["metadata"]["name"] for p in fleet_cluster.pods(pool)] for pool in pools} == \
         {pool: [p["metadata"]["name"] for p in pods] for pool, pods in before.items()}
-    assert fleet_cluster.list("v1", "pods", "swiftdiffusion.io/calibration-probe") == []
+    assert fleet_cluster.list("v1", "pods", calibration.PROBE_LABEL) == []
